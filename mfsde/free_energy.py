@@ -1,0 +1,219 @@
+"""The free energy F_β(ρ) = ½R(ρ) + β⁻¹ KL(ρ‖π₀) of a unit model on a data set.
+
+Everything here is a pure function of an (N, D) particle array Θ whose empirical measure is
+ρ^N = (1/N) Σ_i δ_{θ_i}. The particles interact only through the network output
+f_ρ(x_p) = (1/N) Σ_i σ(x_p; θ_i) on the P data points, so every quantity is one sweep over
+the data, optionally in chunks of ``chunk_size`` points: memory O(N · chunk), never O(N · P).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+from jaxtyping import Array, Float, PRNGKeyArray
+
+from .model import UnitModel
+
+__all__ = ["FreeEnergy"]
+
+
+def _check_finite(name: str, a: Array) -> None:
+    if not bool(jnp.all(jnp.isfinite(a))):
+        raise ValueError(f"{name} contains non-finite values")
+
+
+class FreeEnergy(eqx.Module):
+    """Free energy F_β(ρ) = ½R(ρ) + β⁻¹ KL(ρ‖π₀) of one unit model on a fixed data set.
+
+    With f_ρ(x) = ∫σ(x; θ) ρ(dθ) and data (x_p, y_p), p = 1..P:
+
+    - risk        R(ρ) = (1/P) Σ_p (y_p − f_ρ(x_p))²;
+    - potential   Ψ(θ; ρ) = (1/P) Σ_p (f_ρ(x_p) − y_p) σ(x_p; θ)   (first variation of ½R);
+    - Gibbs       G[ρ](dθ) ∝ π₀(dθ) exp(−β Ψ(θ; ρ)); its fixed point ρ* = G[ρ*] minimises F_β.
+
+    Args:
+        unit: numpyro model of one hidden unit, ``unit(x) -> (P,)``.
+        x: inputs, shape (P, ...). y: targets, shape (P,). Both finite.
+        beta: inverse temperature, ``0 < beta <= inf`` (``inf``: the noiseless gradient flow).
+        chunk_size: if given, data are swept in chunks of this many points, so that no
+            (N, P) array is formed; results equal the unchunked ones to float tolerance.
+    """
+
+    unit: UnitModel
+    x: Array
+    y: Array
+    beta: float = eqx.field(static=True)
+    chunk_size: int | None = eqx.field(static=True)
+    num_data: int = eqx.field(static=True)
+    _x_chunks: Array
+    _y_chunks: Array
+    _w_chunks: Array
+
+    def __init__(self, unit: Callable | UnitModel, x, y, beta: float, chunk_size: int | None = None):
+        x = jnp.asarray(x, dtype=float)
+        y = jnp.asarray(y, dtype=float)
+        if x.ndim < 1 or x.shape[0] < 1:
+            raise ValueError(f"x must have shape (P, ...) with P >= 1, got {x.shape}")
+        if y.shape != (x.shape[0],):
+            raise ValueError(f"y must have shape (P,) = ({x.shape[0]},) to match x {x.shape}, got {y.shape}")
+        _check_finite("x", x)
+        _check_finite("y", y)
+        try:
+            beta = float(beta)
+        except (TypeError, ValueError):
+            raise ValueError(f"beta must be a positive number (inf allowed), got {beta!r}") from None
+        if math.isnan(beta) or beta <= 0:
+            raise ValueError(f"beta must be > 0 (inf allowed for the noiseless flow), got {beta}")
+        if chunk_size is not None:
+            if int(chunk_size) != chunk_size or chunk_size < 1:
+                raise ValueError(f"chunk_size must be a positive integer or None, got {chunk_size!r}")
+            chunk_size = int(chunk_size)
+        self.unit = unit if isinstance(unit, UnitModel) else UnitModel(unit, x)
+        self.x, self.y = x, y
+        self.beta = beta
+        self.chunk_size = chunk_size
+        self.num_data = int(x.shape[0])
+        self._x_chunks, self._w_chunks = self._chunk_inputs(x)
+        self._y_chunks = self._chunk(y)
+
+    # Identity hash/eq (a FreeEnergy holds data arrays): makes bound methods hashable, so
+    # ``jax.jit(fe.risk)`` works as for any function. Passed as a jit argument, it is still
+    # a pytree whose arrays are traced.
+    def __hash__(self):
+        return id(self)
+
+    def __eq__(self, other):
+        return self is other
+
+    # -- data chunking -------------------------------------------------------------------
+    def _num_chunks(self, p: int) -> tuple[int, int]:
+        c = p if self.chunk_size is None else min(self.chunk_size, p)
+        return -(-p // c), c
+
+    def _chunk(self, a: Array) -> Array:
+        n, c = self._num_chunks(a.shape[0])
+        pad = n * c - a.shape[0]
+        a = jnp.concatenate([a, jnp.zeros((pad,) + a.shape[1:], a.dtype)]) if pad else a
+        return a.reshape((n, c) + a.shape[1:])
+
+    def _chunk_inputs(self, x: Array) -> tuple[Array, Array]:
+        # Padding rows repeat x[0] (a valid input for any unit) and carry weight 0.
+        n, c = self._num_chunks(x.shape[0])
+        pad = n * c - x.shape[0]
+        xp = jnp.concatenate([x, jnp.broadcast_to(x[:1], (pad,) + x.shape[1:])]) if pad else x
+        w = jnp.concatenate([jnp.ones(x.shape[0], x.dtype), jnp.zeros(pad, x.dtype)])
+        return xp.reshape((n, c) + x.shape[1:]), w.reshape(n, c)
+
+    # -- the network -----------------------------------------------------------------------
+    @property
+    def dim(self) -> int:
+        """D, the number of unconstrained parameters of one unit."""
+        return self.unit.dim
+
+    def _check_particles(self, particles) -> Array:
+        particles = jnp.asarray(particles)
+        if particles.ndim != 2 or particles.shape[1] != self.dim:
+            raise ValueError(f"particles must have shape (N, {self.dim}), got {particles.shape}")
+        return particles
+
+    def features(self, particles: Float[Array, "n d"], x: Array) -> Float[Array, "n p"]:
+        """σ(x_p; θ_i) for all particles and inputs, shape (N, P). Memory O(N·P): for chunks."""
+        return jax.vmap(self.unit.apply, in_axes=(0, None))(particles, x)
+
+    def output(self, particles: Float[Array, "n d"], x: Array | None = None) -> Float[Array, " p"]:
+        """f_ρ(x_p) = (1/N) Σ_i σ(x_p; θ_i) on the data (or on new inputs ``x``), shape (P,)."""
+        particles = self._check_particles(particles)
+        if x is None:
+            xc, p = self._x_chunks, self.num_data
+        else:
+            x = jnp.asarray(x, dtype=self.x.dtype)
+            if x.shape[1:] != self.x.shape[1:]:
+                raise ValueError(f"x must have shape (P, {', '.join(map(str, self.x.shape[1:]))}), got {x.shape}")
+            xc, p = self._chunk_inputs(x)[0], x.shape[0]
+        f = jax.lax.map(lambda xb: self.features(particles, xb).mean(0), xc)
+        return f.reshape(-1)[:p]
+
+    def risk(self, particles: Float[Array, "n d"]) -> Float[Array, ""]:
+        """R(ρ) = (1/P) Σ_p (y_p − f_ρ(x_p))²."""
+        return jnp.mean((self.output(particles) - self.y) ** 2)
+
+    def residual(self, particles_or_output: Array) -> Float[Array, " p"]:
+        """r_p = f_ρ(x_p) − y_p, from particles (N, D) or from an output f (P,)."""
+        a = jnp.asarray(particles_or_output)
+        if a.ndim == 1:
+            if a.shape != (self.num_data,):
+                raise ValueError(f"an output must have shape (P,) = ({self.num_data},), got {a.shape}")
+            return a - self.y
+        return self.output(a) - self.y
+
+    def potential(self, theta: Float[Array, " d"], particles: Array) -> Float[Array, ""]:
+        """Ψ(θ; ρ) = (1/P) Σ_p (f_ρ(x_p) − y_p) σ(x_p; θ); ρ given by particles or by f_ρ."""
+        r = self.residual(particles)
+        return jnp.mean(r * self.unit.apply(theta, self.x))
+
+    def grad_potential(self, particles: Float[Array, "n d"]) -> Float[Array, "n d"]:
+        """∇_θ Ψ(θ_i; ρ^N) at every particle of ρ^N = (1/N) Σ δ_{θ_i}, shape (N, D).
+
+        One forward pass for f_ρ and one vjp over the (N, D) array per data chunk:
+        ∇Ψ(θ_i) = (1/P) Σ_p r_p ∇σ(x_p; θ_i) is the vjp of Θ ↦ σ(x; Θ) ∈ R^{N×P} with the
+        cotangent r/P in every row; f_ρ on a chunk needs only that chunk.
+        """
+        return self.grad_potential_and_output(particles)[0]
+
+    def grad_potential_and_output(self, particles: Float[Array, "n d"]) -> tuple[Float[Array, "n d"], Float[Array, " p"]]:
+        """(∇Ψ(θ_i; ρ^N) for all i, f_ρ on the data) from the same forward pass."""
+        particles = self._check_particles(particles)
+        p = self.num_data
+
+        def chunk(xb, yb, wb):
+            feats, vjp = jax.vjp(lambda th: self.features(th, xb), particles)
+            f = feats.mean(0)
+            r = (f - yb) * (wb / p)
+            return vjp(jnp.broadcast_to(r, feats.shape))[0], f
+
+        if self._x_chunks.shape[0] == 1:
+            g, f = chunk(self._x_chunks[0], self._y_chunks[0], self._w_chunks[0])
+            return g, f[:p]
+
+        def body(g, batch):
+            dg, f = chunk(*batch)
+            return g + dg, f
+
+        g, f = jax.lax.scan(body, jnp.zeros_like(particles), (self._x_chunks, self._y_chunks, self._w_chunks))
+        return g, f.reshape(-1)[:p]
+
+    def grad_prior_logdensity(self, particles: Float[Array, "n d"]) -> Float[Array, "n d"]:
+        """∇ log π₀(θ_i) (unconstrained coordinates, Jacobian included), shape (N, D)."""
+        return jax.vmap(jax.grad(self.unit.prior_logdensity))(particles)
+
+    def prior_logdensity(self, particles: Float[Array, "n d"]) -> Float[Array, " n"]:
+        """log π₀(θ_i) in unconstrained coordinates (Jacobian included), shape (N,)."""
+        return jax.vmap(self.unit.prior_logdensity)(self._check_particles(particles))
+
+    def prior_sample(self, key: PRNGKeyArray, n: int) -> Float[Array, "n d"]:
+        """n independent draws θ ~ π₀ as unconstrained flat particles, shape (n, D)."""
+        return self.unit.prior_sample(key, n)
+
+    def gibbs_logdensity(self, particles_or_output: Array) -> Callable[[Array], Array]:
+        """θ ↦ log π₀(θ) − β Ψ(θ; ρ), the unnormalised log-density of G[ρ].
+
+        ρ is given by particles (N, D) or directly by its output f_ρ on the data (P,);
+        either way it is frozen: the returned function depends on ρ only through f_ρ.
+        """
+        if math.isinf(self.beta):
+            raise ValueError("the Gibbs measure exp(-beta * Psi) is degenerate at beta = inf")
+        r = self.residual(particles_or_output)
+        beta, x, unit = self.beta, self.x, self.unit
+
+        def logdensity(theta):
+            return unit.prior_logdensity(theta) - beta * jnp.mean(r * unit.apply(theta, x))
+
+        return logdensity
+
+    def unflatten(self, particles: Float[Array, "n d"]) -> dict[str, Array]:
+        """Named, constrained values per sample site: site -> (N, *site_shape)."""
+        return self.unit.unflatten(particles)

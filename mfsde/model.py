@@ -1,0 +1,200 @@
+"""One hidden unit as a numpyro model: its prior, its unit function, flat coordinates.
+
+A unit model is a numpyro model ``unit(x) -> (P,)`` whose sample sites are the parameters
+θ of ONE hidden unit and whose return value is σ(x; θ) for a batch of P inputs. mfsde works
+on a flat vector θ ∈ R^D in the unconstrained space of the prior, obtained with numpyro's
+own machinery (``initialize_model``, ``constrain_fn``, ``unconstrain_fn``); names and
+constrained values come back only at the edges (``unflatten``).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import pathlib
+import sys
+import types
+from collections.abc import Callable
+from typing import Any
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.flatten_util import ravel_pytree
+from jaxtyping import Array, Float, PRNGKeyArray
+from numpyro import handlers
+from numpyro.infer import init_to_sample
+from numpyro.infer.util import constrain_fn, initialize_model, unconstrain_fn
+
+__all__ = ["UnitModel", "load_model"]
+
+# Parameters are checked finite at this many prior draws when a model is traced.
+_N_PRIOR_CHECK = 16
+
+
+def _trace(unit: Callable, x: Array, seed: int = 0) -> tuple[dict[str, Any], Any]:
+    """(trace of the sample sites, return value) of one prior draw of ``unit(x)``."""
+    with handlers.block(), handlers.trace() as tr:
+        out = handlers.seed(unit, seed)(x)
+    return tr, out
+
+
+def _validate_sites(tr: dict[str, Any]) -> list[str]:
+    """Return the latent sample-site names of a trace; raise for what mfsde cannot treat."""
+    names = []
+    for name, site in tr.items():
+        if site["type"] == "param":
+            raise ValueError(
+                f"unit model has a param site {name!r}: mfsde needs every parameter of the "
+                "unit as a sample site with a prior (numpyro.sample)"
+            )
+        if site["type"] != "sample":
+            continue
+        if site["is_observed"]:
+            raise ValueError(
+                f"unit model has an observed site {name!r}: a unit model describes one hidden "
+                "unit's parameters only; the data enter through FreeEnergy(unit, x, y)"
+            )
+        if site["fn"].support.is_discrete:
+            raise ValueError(
+                f"unit model site {name!r} has a discrete support: the mean-field dynamics "
+                "need continuous parameters"
+            )
+        names.append(name)
+    if not names:
+        raise ValueError("unit model has no sample sites: it must declare its parameters with numpyro.sample")
+    return names
+
+
+class UnitModel(eqx.Module):
+    """A traced numpyro model of one hidden unit, in flat unconstrained coordinates.
+
+    ``UnitModel(unit, x)`` traces ``unit(x)``. Its sample sites, in trace order, ravelled
+    into one vector, are the unit's parameters θ ∈ R^D in the unconstrained space of the
+    prior π₀ (each site pushed through numpyro's ``biject_to(support)``).
+
+    - ``prior_logdensity(θ) = log π₀(T(θ)) + log |det ∂T(θ)|`` (with the Jacobian of the
+      constraining map T), numpyro's ``-potential_fn`` of the unit model;
+    - ``apply(θ, x) = σ(x; θ)``, shape ``(P,)`` for inputs ``x`` of shape ``(P, ...)``;
+    - ``constrain(θ)`` / ``unflatten(Θ)`` give named, constrained site values.
+
+    Raises ``ValueError`` naming the site or shape for: no sample sites, an observed,
+    ``param`` or discrete site, an output that is not of shape ``(P,)``, parameter shapes
+    that depend on P, and non-finite output or prior density at prior draws.
+    """
+
+    model: Callable = eqx.field(static=True)
+    dim: int = eqx.field(static=True)
+    site_names: tuple[str, ...] = eqx.field(static=True)
+    site_shapes: tuple[tuple[int, ...], ...] = eqx.field(static=True)
+    _unravel: Callable = eqx.field(static=True)
+    _potential_fn: Callable = eqx.field(static=True)
+    x_probe: Array
+
+    def __init__(self, unit: Callable, x: Array):
+        x = jnp.asarray(x)
+        if x.ndim < 1 or x.shape[0] < 1:
+            raise ValueError(f"x must have shape (P, ...) with P >= 1, got {x.shape}")
+        tr, out = _trace(unit, x)
+        names = _validate_sites(tr)
+        if out is None or jnp.shape(out) != (x.shape[0],):
+            got = None if out is None else jnp.shape(out)
+            raise ValueError(
+                f"unit model must return sigma(x; theta) of shape (P,) = ({x.shape[0]},) for "
+                f"x of shape {x.shape}, got {got}"
+            )
+        # Priors never depend on the data values, so the prior machinery runs on one row
+        # of x: nothing of size P is ever computed per particle outside apply().
+        probe = x[:1]
+        tr_probe, _ = _trace(unit, probe)
+        for name in names:
+            if tr_probe[name]["value"].shape != tr[name]["value"].shape:
+                raise ValueError(
+                    f"unit model site {name!r} has shape {tr[name]['value'].shape} for P = "
+                    f"{x.shape[0]} inputs but {tr_probe[name]['value'].shape} for P = 1: a "
+                    "unit's parameters must not depend on the number of inputs"
+                )
+        info = initialize_model(
+            jax.random.key(0), unit, model_args=(probe,), init_strategy=init_to_sample
+        )
+        z = {k: info.param_info.z[k] for k in names}
+        flat, unravel = ravel_pytree(z)
+        self.model = unit
+        self.dim = int(flat.shape[0])
+        self.site_names = tuple(names)
+        self.site_shapes = tuple(tuple(tr[k]["value"].shape) for k in names)
+        self._unravel = unravel
+        self._potential_fn = info.potential_fn
+        self.x_probe = probe
+        self._check_prior_draws(x)
+
+    def _check_prior_draws(self, x: Array) -> None:
+        thetas = self.prior_sample(jax.random.key(0), _N_PRIOR_CHECK)
+        logp = jax.vmap(self.prior_logdensity)(thetas)
+        outs = jax.vmap(self.apply, in_axes=(0, None))(thetas, x)
+        if not bool(jnp.all(jnp.isfinite(logp))):
+            raise ValueError("unit model prior log-density is not finite at prior draws")
+        bad = ~jnp.all(jnp.isfinite(outs), axis=1)
+        if bool(jnp.any(bad)):
+            raise ValueError(
+                f"unit model output sigma(x; theta) is not finite at {int(bad.sum())} of "
+                f"{_N_PRIOR_CHECK} prior draws (first bad draw: "
+                f"{ {k: np.asarray(v) for k, v in self.constrain(thetas[int(jnp.argmax(bad))]).items()} })"
+            )
+
+    def constrain(self, theta: Float[Array, " d"]) -> dict[str, Array]:
+        """Named constrained site values T(θ) of one flat unconstrained vector θ."""
+        return constrain_fn(self.model, (self.x_probe,), {}, self._unravel(theta))
+
+    def flatten(self, values: dict[str, Array]) -> Float[Array, " d"]:
+        """Inverse of ``constrain``: flat unconstrained θ = T⁻¹(values) for one unit."""
+        missing = set(self.site_names) - set(values)
+        if missing:
+            raise ValueError(f"flatten: missing sites {sorted(missing)}")
+        z = unconstrain_fn(self.model, (self.x_probe,), {}, {k: values[k] for k in self.site_names})
+        return ravel_pytree({k: z[k] for k in self.site_names})[0]
+
+    def unflatten(self, particles: Float[Array, "n d"]) -> dict[str, Array]:
+        """Named constrained values per site for an (N, D) particle array: site -> (N, *shape)."""
+        particles = jnp.asarray(particles)
+        if particles.ndim != 2 or particles.shape[1] != self.dim:
+            raise ValueError(f"particles must have shape (N, {self.dim}), got {particles.shape}")
+        return jax.vmap(self.constrain)(particles)
+
+    def prior_logdensity(self, theta: Float[Array, " d"]) -> Float[Array, ""]:
+        """log π₀ in unconstrained coordinates, Jacobian included: −potential_fn(θ)."""
+        return -self._potential_fn(self._unravel(theta))
+
+    def prior_sample(self, key: PRNGKeyArray, n: int) -> Float[Array, "n d"]:
+        """n independent draws of θ ~ π₀, in flat unconstrained coordinates, shape (n, D)."""
+
+        def one(k):
+            with handlers.block():
+                tr = handlers.trace(handlers.seed(self.model, k)).get_trace(self.x_probe)
+            values = {name: tr[name]["value"] for name in self.site_names}
+            return self.flatten(values)
+
+        return jax.vmap(one)(jax.random.split(key, n))
+
+    def apply(self, theta: Float[Array, " d"], x: Array) -> Float[Array, " p"]:
+        """σ(x; θ) for one unit θ and a batch of inputs x of shape (P, ...): shape (P,)."""
+        values = self.constrain(theta)
+        with handlers.block():
+            return handlers.substitute(self.model, data=values)(x)
+
+
+def load_model(path: str | pathlib.Path) -> types.ModuleType:
+    """Import an example model file (e.g. ``models/single_neuron.py``) by path.
+
+    ``models/`` is not an installed package; each file defines ``unit`` (or a factory of
+    units), ``make_data(key, ...)`` and default sizes.
+    """
+    path = pathlib.Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no model file at {path}")
+    name = f"mfsde_models_{path.stem}"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
