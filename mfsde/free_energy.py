@@ -20,6 +20,13 @@ from .model import UnitModel
 
 __all__ = ["FreeEnergy"]
 
+# "auto" chunking: (N, chunk) intermediates of about this many elements. On CPU they stay
+# in cache (measured optimum 2^19..2^21 at N = 1k..16k, bench/README.md); on accelerators
+# only memory matters.
+_AUTO_CHUNK_ELEMENTS_CPU = 1 << 20
+_AUTO_CHUNK_ELEMENTS_ACCEL = 1 << 27
+_AUTO_CHUNK_MIN = 64
+
 
 def _check_finite(name: str, a: Array) -> None:
     if not bool(jnp.all(jnp.isfinite(a))):
@@ -39,21 +46,22 @@ class FreeEnergy(eqx.Module):
         unit: numpyro model of one hidden unit, ``unit(x) -> (P,)``.
         x: inputs, shape (P, ...). y: targets, shape (P,). Both finite.
         beta: inverse temperature, ``0 < beta <= inf`` (``inf``: the noiseless gradient flow).
-        chunk_size: if given, data are swept in chunks of this many points, so that no
-            (N, P) array is formed; results equal the unchunked ones to float tolerance.
+        chunk_size: data are swept in chunks of this many points, so that no (N, P) array
+            is formed (memory O(N · chunk)); results equal the unchunked ones to float
+            tolerance. ``None``: one chunk. ``"auto"`` (default): chosen per particle count
+            N at each call, ``chunk_for(N)``: on CPU about 2^20 / N points, which keeps the
+            (N, chunk) intermediates in cache and is 1.5x faster than one chunk at
+            N = P = 4096 (bench/README.md); on accelerators up to 2^27 / N points.
     """
 
     unit: UnitModel
     x: Array
     y: Array
     beta: float = eqx.field(static=True)
-    chunk_size: int | None = eqx.field(static=True)
+    chunk_size: int | str | None = eqx.field(static=True)
     num_data: int = eqx.field(static=True)
-    _x_chunks: Array
-    _y_chunks: Array
-    _w_chunks: Array
 
-    def __init__(self, unit: Callable | UnitModel, x, y, beta: float, chunk_size: int | None = None):
+    def __init__(self, unit: Callable | UnitModel, x, y, beta: float, chunk_size: int | str | None = "auto"):
         x = jnp.asarray(x, dtype=float)
         y = jnp.asarray(y, dtype=float)
         if x.ndim < 1 or x.shape[0] < 1:
@@ -68,17 +76,15 @@ class FreeEnergy(eqx.Module):
             raise ValueError(f"beta must be a positive number (inf allowed), got {beta!r}") from None
         if math.isnan(beta) or beta <= 0:
             raise ValueError(f"beta must be > 0 (inf allowed for the noiseless flow), got {beta}")
-        if chunk_size is not None:
-            if int(chunk_size) != chunk_size or chunk_size < 1:
-                raise ValueError(f"chunk_size must be a positive integer or None, got {chunk_size!r}")
+        if chunk_size is not None and chunk_size != "auto":
+            if not isinstance(chunk_size, (int, float)) or int(chunk_size) != chunk_size or chunk_size < 1:
+                raise ValueError(f"chunk_size must be a positive integer, 'auto' or None, got {chunk_size!r}")
             chunk_size = int(chunk_size)
         self.unit = unit if isinstance(unit, UnitModel) else UnitModel(unit, x)
         self.x, self.y = x, y
         self.beta = beta
         self.chunk_size = chunk_size
         self.num_data = int(x.shape[0])
-        self._x_chunks, self._w_chunks = self._chunk_inputs(x)
-        self._y_chunks = self._chunk(y)
 
     # Identity hash/eq (a FreeEnergy holds data arrays): makes bound methods hashable, so
     # ``jax.jit(fe.risk)`` works as for any function. Passed as a jit argument, it is still
@@ -90,23 +96,28 @@ class FreeEnergy(eqx.Module):
         return self is other
 
     # -- data chunking -------------------------------------------------------------------
-    def _num_chunks(self, p: int) -> tuple[int, int]:
-        c = p if self.chunk_size is None else min(self.chunk_size, p)
-        return -(-p // c), c
+    def chunk_for(self, n: int) -> int:
+        """Data points per chunk when sweeping the data for n particles."""
+        if self.chunk_size is None:
+            return self.num_data
+        if self.chunk_size == "auto":
+            budget = _AUTO_CHUNK_ELEMENTS_CPU if jax.default_backend() == "cpu" else _AUTO_CHUNK_ELEMENTS_ACCEL
+            c = max(_AUTO_CHUNK_MIN, 1 << max(0, (budget // max(n, 1)).bit_length() - 1))
+            return min(c, self.num_data)
+        return min(self.chunk_size, self.num_data)
 
-    def _chunk(self, a: Array) -> Array:
-        n, c = self._num_chunks(a.shape[0])
-        pad = n * c - a.shape[0]
-        a = jnp.concatenate([a, jnp.zeros((pad,) + a.shape[1:], a.dtype)]) if pad else a
-        return a.reshape((n, c) + a.shape[1:])
-
-    def _chunk_inputs(self, x: Array) -> tuple[Array, Array]:
-        # Padding rows repeat x[0] (a valid input for any unit) and carry weight 0.
-        n, c = self._num_chunks(x.shape[0])
-        pad = n * c - x.shape[0]
-        xp = jnp.concatenate([x, jnp.broadcast_to(x[:1], (pad,) + x.shape[1:])]) if pad else x
-        w = jnp.concatenate([jnp.ones(x.shape[0], x.dtype), jnp.zeros(pad, x.dtype)])
-        return xp.reshape((n, c) + x.shape[1:]), w.reshape(n, c)
+    def _chunked(self, n: int, x: Array, y: Array | None = None) -> tuple[Array, Array, Array]:
+        """(x, y, w) reshaped to (chunks, c, ...); padding rows repeat x[0] with weight w = 0."""
+        p = x.shape[0]
+        c = min(self.chunk_for(n), p)
+        k = -(-p // c)
+        pad = k * c - p
+        y = jnp.zeros(p, x.dtype) if y is None else y
+        if pad:
+            x = jnp.concatenate([x, jnp.broadcast_to(x[:1], (pad,) + x.shape[1:])])
+            y = jnp.concatenate([y, jnp.zeros(pad, y.dtype)])
+        w = (jnp.arange(k * c) < p).astype(x.dtype)
+        return x.reshape((k, c) + x.shape[1:]), y.reshape(k, c), w.reshape(k, c)
 
     # -- the network -----------------------------------------------------------------------
     @property
@@ -128,14 +139,14 @@ class FreeEnergy(eqx.Module):
         """f_ρ(x_p) = (1/N) Σ_i σ(x_p; θ_i) on the data (or on new inputs ``x``), shape (P,)."""
         particles = self._check_particles(particles)
         if x is None:
-            xc, p = self._x_chunks, self.num_data
+            x = self.x
         else:
             x = jnp.asarray(x, dtype=self.x.dtype)
-            if x.shape[1:] != self.x.shape[1:]:
+            if x.ndim != self.x.ndim or x.shape[1:] != self.x.shape[1:]:
                 raise ValueError(f"x must have shape (P, {', '.join(map(str, self.x.shape[1:]))}), got {x.shape}")
-            xc, p = self._chunk_inputs(x)[0], x.shape[0]
+        xc, _, _ = self._chunked(particles.shape[0], x)
         f = jax.lax.map(lambda xb: self.features(particles, xb).mean(0), xc)
-        return f.reshape(-1)[:p]
+        return f.reshape(-1)[: x.shape[0]]
 
     def risk(self, particles: Float[Array, "n d"]) -> Float[Array, ""]:
         """R(ρ) = (1/P) Σ_p (y_p − f_ρ(x_p))²."""
@@ -175,15 +186,16 @@ class FreeEnergy(eqx.Module):
             r = (f - yb) * (wb / p)
             return vjp(jnp.broadcast_to(r, feats.shape))[0], f
 
-        if self._x_chunks.shape[0] == 1:
-            g, f = chunk(self._x_chunks[0], self._y_chunks[0], self._w_chunks[0])
+        xc, yc, wc = self._chunked(particles.shape[0], self.x, self.y)
+        if xc.shape[0] == 1:
+            g, f = chunk(xc[0], yc[0], wc[0])
             return g, f[:p]
 
         def body(g, batch):
             dg, f = chunk(*batch)
             return g + dg, f
 
-        g, f = jax.lax.scan(body, jnp.zeros_like(particles), (self._x_chunks, self._y_chunks, self._w_chunks))
+        g, f = jax.lax.scan(body, jnp.zeros_like(particles), (xc, yc, wc))
         return g, f.reshape(-1)[:p]
 
     def grad_prior_logdensity(self, particles: Float[Array, "n d"]) -> Float[Array, "n d"]:

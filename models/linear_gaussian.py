@@ -20,7 +20,7 @@ def make_unit(prior_scale: float = DEFAULTS["prior_scale"]):
 
     def unit(x):
         theta = numpyro.sample("theta", dist.Normal(0.0, prior_scale).expand([x.shape[-1]]).to_event(1))
-        return x @ theta
+        return theta @ x.T
 
     return unit
 
