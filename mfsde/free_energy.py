@@ -21,11 +21,23 @@ from .model import UnitModel
 __all__ = ["FreeEnergy"]
 
 # "auto" chunking: (N, chunk) intermediates of about this many elements. On CPU they stay
-# in cache (measured optimum 2^19..2^21 at N = 1k..16k, bench/README.md); on accelerators
-# only memory matters.
+# in cache (measured optimum 2^19..2^21 at N = 1k..16k, bench/README.md). On accelerators
+# a sequential scan over chunks only costs (2x at N = P = 32768 on an H100), so chunks are
+# as large as the device memory allows, counting 24 bytes an element (a float32 step keeps
+# about four (N, chunk) arrays alive).
 _AUTO_CHUNK_ELEMENTS_CPU = 1 << 20
-_AUTO_CHUNK_ELEMENTS_ACCEL = 1 << 27
+_AUTO_CHUNK_ELEMENTS_ACCEL_DEFAULT = 1 << 28
 _AUTO_CHUNK_MIN = 64
+
+
+def _auto_chunk_elements() -> int:
+    if jax.default_backend() == "cpu":
+        return _AUTO_CHUNK_ELEMENTS_CPU
+    try:
+        limit = jax.devices()[0].memory_stats()["bytes_limit"]
+    except Exception:  # backends without memory_stats
+        return _AUTO_CHUNK_ELEMENTS_ACCEL_DEFAULT
+    return max(_AUTO_CHUNK_ELEMENTS_CPU, int(limit) // 24)
 
 
 def _check_finite(name: str, a: Array) -> None:
@@ -50,8 +62,9 @@ class FreeEnergy(eqx.Module):
             is formed (memory O(N · chunk)); results equal the unchunked ones to float
             tolerance. ``None``: one chunk. ``"auto"`` (default): chosen per particle count
             N at each call, ``chunk_for(N)``: on CPU about 2^20 / N points, which keeps the
-            (N, chunk) intermediates in cache and is 1.5x faster than one chunk at
-            N = P = 4096 (bench/README.md); on accelerators up to 2^27 / N points.
+            (N, chunk) intermediates in cache and is 1.2x faster than one chunk at
+            N = P = 4096 (bench/README.md); on accelerators as many as the
+            device memory holds, since there chunking only serialises the work.
     """
 
     unit: UnitModel
@@ -98,13 +111,14 @@ class FreeEnergy(eqx.Module):
     # -- data chunking -------------------------------------------------------------------
     def chunk_for(self, n: int) -> int:
         """Data points per chunk when sweeping the data for n particles."""
+        p = self.num_data
         if self.chunk_size is None:
-            return self.num_data
+            return p
         if self.chunk_size == "auto":
-            budget = _AUTO_CHUNK_ELEMENTS_CPU if jax.default_backend() == "cpu" else _AUTO_CHUNK_ELEMENTS_ACCEL
-            c = max(_AUTO_CHUNK_MIN, 1 << max(0, (budget // max(n, 1)).bit_length() - 1))
-            return min(c, self.num_data)
-        return min(self.chunk_size, self.num_data)
+            c_max = max(_AUTO_CHUNK_MIN, _auto_chunk_elements() // max(n, 1))
+            k = -(-p // c_max)
+            return -(-p // k)  # k equal chunks: the least padding
+        return min(self.chunk_size, p)
 
     def _chunked(self, n: int, x: Array, y: Array | None = None) -> tuple[Array, Array, Array]:
         """(x, y, w) reshaped to (chunks, c, ...); padding rows repeat x[0] with weight w = 0."""

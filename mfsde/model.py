@@ -153,6 +153,15 @@ class UnitModel(eqx.Module):
                 f"{_N_PRIOR_CHECK} prior draws (first bad draw: "
                 f"{ {k: np.asarray(v) for k, v in self.constrain(thetas[int(jnp.argmax(bad))]).items()} })"
             )
+        # The data are swept in chunks: sigma(x_p; theta) may depend on row x_p only.
+        m = min(x.shape[0] - 1, 3)
+        if m >= 1:
+            part = jax.vmap(self.apply, in_axes=(0, None))(thetas, x[:m])
+            if not np.allclose(part, outs[:, :m], rtol=1e-4, atol=1e-6 * float(jnp.max(jnp.abs(outs[:, :m])) + 1)):
+                raise ValueError(
+                    "unit model output for one input depends on the other inputs of the batch: "
+                    "sigma(x; theta) must act row by row on x (e.g. no normalisation over rows)"
+                )
 
     def constrain(self, theta: Float[Array, " d"]) -> dict[str, Array]:
         """Named constrained site values T(θ) of one flat unconstrained vector θ."""

@@ -130,6 +130,16 @@ def test_error_shape_depends_on_data_size():
         UnitModel(unit, X)
 
 
+def test_error_output_mixes_rows():
+    def unit(x):
+        w = numpyro.sample("w", dist.Normal(0, 1).expand([2]).to_event(1))
+        z = w @ x.T
+        return z - z.mean()  # depends on the whole batch: cannot be chunked
+
+    with pytest.raises(ValueError, match="row by row"):
+        UnitModel(unit, X)
+
+
 def test_load_model_missing(tmp_path):
     with pytest.raises(FileNotFoundError):
         mfsde.load_model(tmp_path / "nope.py")
