@@ -22,6 +22,13 @@ def test_demo_smoke(root, tmp_path):
     assert png.stat().st_size > 1000
     saved = np.load(tmp_path / "demo" / "risk.npz")
     assert saved["risk"][-1] < 0.5 * saved["risk"][0]
+    for name in ("marginals.png", "observables.png"):
+        assert (tmp_path / "demo" / name).stat().st_size > 1000
+    import mfsde
+
+    idata = mfsde.load(tmp_path / "demo" / "idata.nc")
+    assert idata["posterior"].sizes["chain"] == 2 and "free_energy" in idata["observables"]
+    assert "converged" in res.stdout and "r_hat" in res.stdout
 
 
 def test_bench_smoke(root, tmp_path):
@@ -31,3 +38,9 @@ def test_bench_smoke(root, tmp_path):
     data = json.loads(out.read_text())
     assert data["step"]["step_s"] > 0 and data["memory"]["temp_bytes"] >= 0
     assert "diffrax/scan" in res.stdout
+
+
+def test_diagnostics_bench_smoke(root):
+    res = run(["bench/diagnostics.py", "--smoke"], root)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "kl" in res.stdout and "w2_exact" in res.stdout and "to_inference_data" in res.stdout

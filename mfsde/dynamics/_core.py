@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import NamedTuple
+import dataclasses
 
 import diffrax
 import equinox as eqx
@@ -29,17 +29,22 @@ _PROGRESS_MIN_STEPS = 5000
 _ADAPTIVE_STEP_FACTOR = 64
 
 
-class Trajectory(NamedTuple):
+class Trajectory(eqx.Module):
     """A solved particle dynamics.
 
-    ts: save times, shape (T,). particles: the final state, shape (N, D).
-    observables: name -> values at ``ts``, each shape (T,). num_steps: solver steps taken.
+    ts: save times, shape (T,). particles: the final state, shape (N, D) (or (R, N, D) for
+    R replicate runs). observables: name -> values at ``ts``, shape (T,) (or (R, T)).
+    num_steps: solver steps taken. info: static description of the run (solver, dt0, ...).
     """
 
     ts: Float[Array, " t"]
     particles: Float[Array, "n d"]
     observables: dict[str, Float[Array, " t"]]
     num_steps: Array
+    info: tuple[tuple[str, object], ...] = eqx.field(static=True, default=())
+
+    def _replace(self, **changes) -> "Trajectory":
+        return dataclasses.replace(self, **changes)
 
 
 class ParticleSDE(eqx.Module):
@@ -200,4 +205,7 @@ def solve(
         ks, every = grid
         rows = [0 if k == 0 else k // every - 1 + int(ks[0] == 0) for k in ks]
         obs = jax.tree.map(lambda a: a[jnp.asarray(rows)], obs)
-    return Trajectory(ts=jnp.asarray(ts, y0.dtype), particles=y1[-1], observables=obs, num_steps=sol.stats["num_steps"])
+    info = (("solver", type(solver).__name__), ("dt0", float(dt0)), ("t0", float(t0)), ("t1", float(t1)),
+            ("controller", type(stepsize_controller).__name__))
+    return Trajectory(ts=jnp.asarray(ts, y0.dtype), particles=y1[-1], observables=obs, num_steps=sol.stats["num_steps"],
+                      info=info)

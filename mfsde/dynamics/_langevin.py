@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import math
+import os
 from collections.abc import Callable
 
 import diffrax
@@ -13,7 +15,12 @@ import numpy as np
 from jaxtyping import Array, Float, PRNGKeyArray
 
 from ..free_energy import FreeEnergy
+from ..diagnostics._divergence import gaussian_prior_moments
+from ._checkpoint import solve_checkpointed
 from ._core import ParticleSDE, Trajectory, solve
+
+# In-run diagnostics (k-NN KL, O(N² D) per save) are on by default up to this many particles.
+_DIAGNOSTICS_MAX_N = 16384
 
 __all__ = ["langevin", "LangevinDrift", "ParticleObservables"]
 
@@ -46,20 +53,34 @@ class LangevinNoise(eqx.Module):
 
 
 class ParticleObservables(eqx.Module):
-    """Cheap observables of a particle state, saved along a run.
+    """Observables of a particle state, saved along a run.
 
-    risk R(ρ^N); mean_sq_norm (1/N) Σ ‖θ_i‖² (unconstrained coordinates); plus any
-    ``extra`` name -> fn(particles) -> scalar.
+    Always: risk R(ρ^N); mean_sq_norm (1/N) Σ ‖θ_i‖² (unconstrained coordinates).
+    With ``diagnostics``: kl_to_prior (k-NN, ``mfsde.kl_to_prior``), free_energy
+    F = ½R + KL/β, and for Gaussian priors w2_to_prior_bound (the Gelbrich lower bound on
+    W2(ρ^N, π₀); exact W2 needs an OT solve outside jit: ``mfsde.w2_to_prior``).
+    Plus any ``extra`` name -> fn(particles) -> scalar.
     """
 
     fe: FreeEnergy
     extra: tuple[tuple[str, Callable], ...] = eqx.field(static=True, default=())
+    diagnostics: bool = eqx.field(static=True, default=False)
+    prior_moments: tuple[Array, Array] | None = None
 
     def __call__(self, t, particles, args=None):
         out = {
             "risk": self.fe.risk(particles),
             "mean_sq_norm": jnp.mean(jnp.sum(particles**2, axis=1)),
         }
+        if self.diagnostics:
+            from ..diagnostics._divergence import kl_to_prior, w2_to_prior_bound
+
+            out["kl_to_prior"] = kl_to_prior(particles, self.fe)
+            out["free_energy"] = 0.5 * out["risk"] + (
+                0.0 if math.isinf(self.fe.beta) else out["kl_to_prior"] / self.fe.beta
+            )
+            if self.prior_moments is not None:
+                out["w2_to_prior_bound"] = w2_to_prior_bound(particles, self.fe, self.prior_moments)
         for name, fn in self.extra:
             out[name] = fn(particles)
         return out
@@ -81,6 +102,9 @@ def langevin(
     progress: bool | None = None,
     adjoint: diffrax.AbstractAdjoint | None = None,
     max_steps: int | None = None,
+    diagnostics: bool | None = None,
+    checkpoint_every: int | None = None,
+    checkpoint_path: str | os.PathLike | None = None,
 ) -> Trajectory:
     """Mean-field Langevin dynamics of F_β on N particles, solved with diffrax.
 
@@ -107,35 +131,83 @@ def langevin(
         stepsize_controller: default ``ConstantStepSize``; adaptive ones for β = inf.
         observables: extra name -> fn(particles) -> scalar saved at ``ts``.
         progress: show a tqdm progress bar (default: runs of >= 5000 steps).
+        diagnostics: also save kl_to_prior, free_energy and (Gaussian prior)
+            w2_to_prior_bound; each costs an O(N² D) k-NN search per save. Default: on
+            for N <= 16384.
+        checkpoint_every, checkpoint_path: run in segments of this many steps and write
+            the state after each to ``checkpoint_path`` (an .npz, replaced atomically). If
+            the file exists, the run resumes from it; a file that is unreadable or was
+            written by a different run (data, β, sizes, times, key) raises ``ValueError``.
+            Segment s draws its noise from ``fold_in(key, s)``, so a resumed run equals the
+            uninterrupted checkpointed run exactly (it is a different Brownian path from
+            the unsegmented run with the same key). Fixed step sizes only.
+
+    ``key`` may be a batch of keys, shape (R,): R independent replicate runs (vmapped),
+    from ``particles0`` of shape (N, D) (shared) or (R, N, D); the trajectory's particles
+    and observables then carry a leading replicate axis, for R-hat across runs.
 
     Returns:
         ``Trajectory(ts, particles, observables, num_steps)``; observables hold ``risk``
-        and ``mean_sq_norm`` (and the extras) at ``ts``.
+        and ``mean_sq_norm`` (and the diagnostics and extras) at ``ts``.
     """
     if not isinstance(fe, FreeEnergy):
         raise TypeError(f"fe must be a mfsde.FreeEnergy, got {type(fe).__name__}")
-    particles0 = fe._check_particles(particles0)
+    batched = key is not None and jnp.ndim(key) == 1 and jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key)
+    particles0 = jnp.asarray(particles0)
+    if batched and particles0.ndim == 3:
+        if particles0.shape[0] != key.shape[0]:
+            raise ValueError(f"particles0 has {particles0.shape[0]} replicates for {key.shape[0]} keys")
+        jax.vmap(fe._check_particles)(particles0)
+    else:
+        particles0 = fe._check_particles(particles0)
     # Under an outer jit/vmap the values are not known here; they are checked when concrete.
     if not isinstance(particles0, jax.core.Tracer) and not np.all(np.isfinite(np.asarray(particles0))):
         raise ValueError("particles0 contains non-finite values")
     particles0 = particles0.astype(fe.x.dtype)
+    n = particles0.shape[-2]
     schedule = _unit_schedule if schedule is None else schedule
     noise = None if math.isinf(fe.beta) else LangevinNoise(fe.beta, schedule)
     sde = ParticleSDE(LangevinDrift(fe, schedule), noise)
-    extra = tuple(sorted((observables or {}).items()))
-    return solve(
-        sde,
-        key,
-        particles0,
+    if diagnostics is None:
+        diagnostics = n <= _DIAGNOSTICS_MAX_N
+    moments = gaussian_prior_moments(fe) if diagnostics else None
+    if moments is not None:
+        moments = tuple(jnp.asarray(m, particles0.dtype) for m in moments)
+    obs = ParticleObservables(fe, tuple(sorted((observables or {}).items())), bool(diagnostics), moments)
+    kwargs = dict(
         t0=float(t0),
         t1=float(t1),
         dt0=float(dt0),
         solver=diffrax.Euler() if solver is None else solver,
-        observables=ParticleObservables(fe, extra),
-        ts=ts,
+        observables=obs,
         stepsize_controller=stepsize_controller,
         progress=progress,
         adjoint=adjoint,
         max_steps=max_steps,
     )
+    if checkpoint_every is not None or checkpoint_path is not None:
+        if checkpoint_every is None or checkpoint_path is None:
+            raise ValueError("checkpointing needs both checkpoint_every (steps) and checkpoint_path")
+        if stepsize_controller is not None and not isinstance(stepsize_controller, diffrax.ConstantStepSize):
+            raise ValueError("checkpointing needs fixed step sizes")
+        return solve_checkpointed(sde, key, particles0, ts=ts, batched=batched, checkpoint_every=int(checkpoint_every),
+                                  checkpoint_path=checkpoint_path, fingerprint=_fingerprint(fe, schedule), **kwargs)
+    return _solve_maybe_batched(sde, key, particles0, ts, batched, kwargs)
+
+
+def _solve_maybe_batched(sde, key, particles0, ts, batched, kwargs) -> Trajectory:
+    if not batched:
+        return solve(sde, key, particles0, ts=ts, **kwargs)
+    ts_known = None if ts is None else np.asarray(ts, np.float64)
+    p_axis = 0 if particles0.ndim == 3 else None
+    traj = jax.vmap(lambda k, p: solve(sde, k, p, ts=ts_known, **kwargs), in_axes=(0, p_axis))(key, particles0)
+    return traj._replace(ts=traj.ts[0], num_steps=traj.num_steps[0])
+
+
+def _fingerprint(fe: FreeEnergy, schedule: Callable) -> dict:
+    digest = hashlib.sha256()
+    for a in (fe.x, fe.y):
+        digest.update(np.ascontiguousarray(np.asarray(a)).tobytes())
+    return dict(data_sha256=digest.hexdigest(), beta=repr(fe.beta), dim=fe.dim, sites=list(fe.unit.site_names),
+                schedule=getattr(schedule, "__qualname__", repr(schedule)))
 

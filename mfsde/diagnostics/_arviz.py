@@ -1,0 +1,66 @@
+"""Runs as ArviZ DataTrees: posterior draws named as the model's sites, observables over time."""
+
+from __future__ import annotations
+
+import pathlib
+
+import numpy as np
+import xarray as xr
+
+__all__ = ["to_inference_data", "save", "load"]
+
+
+def to_inference_data(traj, fe):
+    """A Langevin ``Trajectory`` as an ArviZ DataTree.
+
+    Groups:
+      - ``posterior``: the final particles as draws, one chain per replicate run (a single
+        run is one chain), each sample site named and shaped as in the unit model, in
+        constrained space: site -> (chain, draw = particle, *site_shape);
+      - ``observables``: the saved time series (risk, free energy, KL and the W2 bound to
+        the prior, ...): name -> (chain, time);
+      - ``constant_data``: beta, sizes, solver, dt0, t0, t1; ``observed_data``: x, y.
+    """
+    from arviz_base import from_dict
+
+    particles = np.asarray(traj.particles)
+    if particles.ndim == 2:
+        particles = particles[None]
+        observables = {k: np.asarray(v)[None] for k, v in traj.observables.items()}
+    else:
+        observables = {k: np.asarray(v) for k, v in traj.observables.items()}
+    posterior = {}
+    for name in fe.unit.site_names:
+        posterior[name] = np.stack([np.asarray(fe.unflatten(p)[name]) for p in particles])
+    dims = {name: [f"{name}_dim_{i}" for i in range(len(shape))]
+            for name, shape in zip(fe.unit.site_names, fe.unit.site_shapes)}
+    info = dict(traj.info)
+    constant = dict(beta=np.asarray(fe.beta), num_particles=np.asarray(particles.shape[1]),
+                    num_data=np.asarray(fe.num_data), dim=np.asarray(fe.dim), num_steps=np.asarray(traj.num_steps))
+    for k, v in info.items():
+        constant[k] = np.asarray(v)
+    x = np.asarray(fe.x)
+    tree = from_dict(
+        {"posterior": posterior, "constant_data": constant,
+         "observed_data": {"x": x, "y": np.asarray(fe.y)}},
+        dims=dims | {"x": ["obs_id"] + [f"x_dim_{i}" for i in range(x.ndim - 1)], "y": ["obs_id"]},
+    )
+    ts = np.asarray(traj.ts)
+    obs = xr.Dataset({k: (("chain", "time"), v) for k, v in observables.items()},
+                     coords={"chain": np.arange(particles.shape[0]), "time": ts})
+    tree["observables"] = xr.DataTree(obs)
+    return tree
+
+
+def save(idata, path) -> pathlib.Path:
+    """Write a DataTree to netCDF (h5netcdf); ``load`` reads it back unchanged."""
+    path = pathlib.Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    idata.to_netcdf(path, engine="h5netcdf")
+    return path
+
+
+def load(path):
+    """Read a DataTree written by ``save`` (fully loaded into memory, file closed)."""
+    with xr.open_datatree(path, engine="h5netcdf") as tree:
+        return tree.load()
