@@ -11,7 +11,11 @@ __all__ = ["to_inference_data", "save", "load"]
 
 
 def to_inference_data(traj, fe):
-    """A Langevin ``Trajectory`` as an ArviZ DataTree.
+    """A Langevin ``Trajectory`` or a ``FixedPoint`` (``sample_fixed_point``) as an ArviZ DataTree.
+
+    For a FixedPoint: ``posterior`` holds the MCMC draws of ρ* (chain, draw, *site_shape),
+    ``sample_stats`` diverging, acceptance_rate, step_size and energy, ``iterations`` the
+    relative residual, Monte Carlo error and output E_G[σ] of every round.
 
     Groups:
       - ``posterior``: the final particles as draws, one chain per replicate run (a single
@@ -23,6 +27,8 @@ def to_inference_data(traj, fe):
     """
     from arviz_base import from_dict
 
+    if hasattr(traj, "residuals"):
+        return _fixed_point_tree(traj, fe)
     particles = np.asarray(traj.particles)
     if particles.ndim == 2:
         particles = particles[None]
@@ -32,8 +38,7 @@ def to_inference_data(traj, fe):
     posterior = {}
     for name in fe.unit.site_names:
         posterior[name] = np.stack([np.asarray(fe.unflatten(p)[name]) for p in particles])
-    dims = {name: [f"{name}_dim_{i}" for i in range(len(shape))]
-            for name, shape in zip(fe.unit.site_names, fe.unit.site_shapes)}
+    dims = _site_dims(fe)
     info = dict(traj.info)
     constant = dict(beta=np.asarray(fe.beta), num_particles=np.asarray(particles.shape[1]),
                     num_data=np.asarray(fe.num_data), dim=np.asarray(fe.dim), num_steps=np.asarray(traj.num_steps))
@@ -49,6 +54,37 @@ def to_inference_data(traj, fe):
     obs = xr.Dataset({k: (("chain", "time"), v) for k, v in observables.items()},
                      coords={"chain": np.arange(particles.shape[0]), "time": ts})
     tree["observables"] = xr.DataTree(obs)
+    return tree
+
+
+def _site_dims(fe):
+    return {name: [f"{name}_dim_{i}" for i in range(len(shape))]
+            for name, shape in zip(fe.unit.site_names, fe.unit.site_shapes)}
+
+
+def _fixed_point_tree(fp, fe):
+    from arviz_base import from_dict
+
+    samples = np.asarray(fp.samples)
+    chains, draws = samples.shape[:2]
+    flat = fe.unflatten(samples.reshape(-1, fe.dim))
+    posterior = {k: np.asarray(v).reshape((chains, draws) + np.shape(v)[1:]) for k, v in flat.items()}
+    stats = {"diverging": np.asarray(fp.diverging, bool), "acceptance_rate": np.asarray(fp.acceptance),
+             "energy": np.asarray(fp.energy),
+             "step_size": np.broadcast_to(np.asarray(fp.step_size)[:, None], (chains, draws))}
+    x = np.asarray(fe.x)
+    tree = from_dict(
+        {"posterior": posterior, "sample_stats": stats,
+         "constant_data": {"beta": np.asarray(fe.beta), "kernel": np.asarray(fp.kernel),
+                           "converged": np.asarray(fp.converged), "output": np.asarray(fp.output)},
+         "observed_data": {"x": x, "y": np.asarray(fe.y)}},
+        dims=_site_dims(fe) | {"x": ["obs_id"] + [f"x_dim_{i}" for i in range(x.ndim - 1)], "y": ["obs_id"],
+                               "output": ["obs_id"]},
+    )
+    it = xr.Dataset({"residual": (("iteration",), np.asarray(fp.residuals)),
+                     "mc_error": (("iteration",), np.asarray(fp.mc_errors)),
+                     "output": (("iteration", "obs_id"), np.asarray(fp.outputs))})
+    tree["iterations"] = xr.DataTree(it)
     return tree
 
 

@@ -1,0 +1,255 @@
+"""The self-consistent Gibbs measure ρ* ∝ π₀ exp(−βΨ(·; ρ*)) sampled with BlackJAX MCMC.
+
+G[ρ] depends on ρ only through f = f_ρ on the data, so ρ* is a fixed point of the map
+f ↦ g(f) = E_{G[f]}[σ(x; θ)] on R^P, each evaluation an MCMC run. Its Jacobian comes with
+the draws: ∂g_p/∂f_q = −(β/P) Cov_{G[f]}(σ(x_p; θ), σ(x_q; θ)), so the Newton step for
+F(f) = f − g(f) = 0 solves (I + (β/P) C) δ = f − g with the draws' covariance C = U Uᵀ
+(U: P × S centred features / √S), by Woodbury in the S × S space.
+
+Plain Picard iteration f ← g(f) diverges when the Jacobian's spectral radius exceeds 1;
+in the linear case g(f) = X m(f) with m(f) = −βs²(Σ̂ m − ĉ) (prior N(0, s²I)), so its
+contraction factor is β s² λ_max(Σ̂).
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from typing import NamedTuple
+
+import blackjax
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jaxtyping import Array, Float, PRNGKeyArray
+
+from .free_energy import FreeEnergy
+
+__all__ = ["GibbsSamples", "FixedPoint", "FixedPointCheck", "sample_gibbs", "sample_fixed_point", "check_fixed_point"]
+
+KERNELS = ("nuts", "hmc", "mala")
+# MALA's step size is tuned during warmup by Robbins–Monro on log h towards this acceptance.
+MALA_TARGET_ACCEPTANCE = 0.574
+# Draws used for the Jacobian (the covariance of the features) in a Newton step.
+_JACOBIAN_DRAWS = 512
+# Batch means for the Monte Carlo standard error of E_G[σ].
+_BATCHES_PER_CHAIN = 5
+
+
+class GibbsSamples(NamedTuple):
+    """Draws of G[f] (chains, draws, D) with per-draw acceptance, divergence and energy."""
+
+    samples: Float[Array, "c s d"]
+    acceptance: Float[Array, "c s"]
+    diverging: Array
+    energy: Float[Array, "c s"]
+    step_size: Float[Array, " c"]
+
+
+class FixedPoint(NamedTuple):
+    """Result of ``sample_fixed_point``: draws of ρ* and the iteration history."""
+
+    samples: Float[Array, "c s d"]
+    output: Float[Array, " p"]
+    residuals: np.ndarray
+    converged: bool
+    outputs: np.ndarray
+    mc_errors: np.ndarray
+    acceptance: Float[Array, "c s"]
+    diverging: Array
+    energy: Float[Array, "c s"]
+    step_size: Float[Array, " c"]
+    kernel: str
+
+
+def _mala_warmup(logdensity, key, x0, num_warmup):
+    def step(carry, k):
+        state, log_h, t = carry
+        new, info = blackjax.mala(logdensity, jnp.exp(log_h)).step(k, state)
+        gamma = (t + 10.0) ** -0.6
+        return (new, log_h + gamma * (info.acceptance_rate - MALA_TARGET_ACCEPTANCE), t + 1.0), None
+
+    state = blackjax.mala(logdensity, 0.1).init(x0)
+    init = (state, jnp.log(jnp.asarray(0.1, x0.dtype)), jnp.asarray(0.0, x0.dtype))
+    (state, log_h, _), _ = jax.lax.scan(step, init, jax.random.split(key, num_warmup))
+    return state, jnp.exp(log_h)
+
+
+def _one_chain(logdensity, kernel, key, x0, num_warmup, num_samples, num_integration_steps):
+    k_warm, k_draw = jax.random.split(key)
+    if kernel == "mala":
+        state, h = _mala_warmup(logdensity, k_warm, x0, num_warmup)
+        algo = blackjax.mala(logdensity, h)
+    else:
+        extra = {} if kernel == "nuts" else {"num_integration_steps": num_integration_steps}
+        base = blackjax.nuts if kernel == "nuts" else blackjax.hmc
+        (state, params), _ = blackjax.window_adaptation(base, logdensity, **extra).run(k_warm, x0, num_warmup)
+        algo = base(logdensity, **(extra | params))
+        h = params["step_size"]
+
+    def step(state, k):
+        state, info = algo.step(k, state)
+        energy = getattr(info, "energy", jnp.nan)
+        diverging = getattr(info, "is_divergent", jnp.asarray(False))
+        return state, (state.position, info.acceptance_rate, diverging, jnp.asarray(energy, x0.dtype))
+
+    _, (pos, acc, div, energy) = jax.lax.scan(step, state, jax.random.split(k_draw, num_samples))
+    return pos, acc, div, energy, h
+
+
+def _gibbs_runner(fe: FreeEnergy, kernel: str, num_warmup: int, num_samples: int, num_integration_steps: int):
+    if kernel not in KERNELS:
+        raise ValueError(f"kernel must be one of {KERNELS}, got {kernel!r}")
+
+    @jax.jit
+    def run(key, output, init):
+        logdensity = fe.gibbs_logdensity(output)
+        keys = jax.random.split(key, init.shape[0])
+        pos, acc, div, energy, h = jax.vmap(
+            lambda k, x: _one_chain(logdensity, kernel, k, x, num_warmup, num_samples, num_integration_steps)
+        )(keys, init)
+        return GibbsSamples(pos, acc, div, energy, h)
+
+    return run
+
+
+def sample_gibbs(fe: FreeEnergy, key: PRNGKeyArray, output: Float[Array, " p"], init: Float[Array, "c d"], *,
+                 num_warmup: int = 500, num_samples: int = 500, kernel: str = "nuts",
+                 num_integration_steps: int = 16) -> GibbsSamples:
+    """Draws of the Gibbs measure G[f](dθ) ∝ π₀(dθ) exp(−βΨ(θ; f)) for a frozen output f.
+
+    One BlackJAX chain per row of ``init`` (vmapped). nuts / hmc: Stan-style window
+    adaptation of step size and diagonal mass matrix over ``num_warmup`` steps; mala
+    (no mass matrix): the step size h is tuned over the warmup by Robbins–Monro,
+    log h ← log h + (t + 10)^{-0.6} (acceptance − 0.574), then held fixed.
+    """
+    return _gibbs_runner(fe, kernel, num_warmup, num_samples, num_integration_steps)(key, jnp.asarray(output), init)
+
+
+def _moments(fe: FreeEnergy, samples):
+    """E_G[σ(x; θ)] (P,), its Monte Carlo s.e. (P,) and a (P, S') centred-feature factor U.
+
+    The s.e. is from batch means (5 contiguous batches per chain), which holds for
+    autocorrelated draws (HMC with a fixed path length can be strongly so).
+    """
+    c, n, d = samples.shape
+    per = n // _BATCHES_PER_CHAIN
+    batches = samples[:, : per * _BATCHES_PER_CHAIN].reshape(c * _BATCHES_PER_CHAIN, per, d)
+    means = jax.lax.map(fe.output, batches)                  # (B, P)
+    g = means.mean(0)
+    se = jnp.std(means, axis=0, ddof=1) / math.sqrt(means.shape[0])
+    flat = samples.reshape(-1, d)
+    sub = flat[:: max(1, flat.shape[0] // _JACOBIAN_DRAWS)]
+    feats = fe.features(sub, fe.x)                          # (S', P): S' <= 512 draws
+    centred = feats - feats.mean(0)
+    return g, se, centred.T / math.sqrt(sub.shape[0])
+
+
+def sample_fixed_point(fe: FreeEnergy, key: PRNGKeyArray, num_chains: int = 4, num_warmup: int = 500,
+                       num_samples: int = 500, kernel: str = "nuts", tol: float = 1e-2, max_iter: int = 10,
+                       output0: Array | None = None, damping: float = 1.0,
+                       num_integration_steps: int = 16) -> FixedPoint:
+    """Sample ρ* = G[ρ*] by Newton iteration on f ↦ E_{G[f]}[σ], each round a BlackJAX run.
+
+    Round k samples G[f_k] (chains warm-started from the previous round's last states),
+    estimates g = E_G[σ], its Monte Carlo standard error se, and C = Cov_G(σ), and stops
+    when ‖f_k − g‖ ≤ max(tol ‖g‖, 2 ‖se‖) (the residual is then indistinguishable from
+    Monte Carlo noise); otherwise f_{k+1} = f_k − damping · (I + (β/P) C)⁻¹ (f_k − g).
+    Starts from f_0 = ``output0`` (default 0: G[0] is the prior tilted by −β E[−yσ]).
+    Non-convergence within ``max_iter`` rounds warns and returns ``converged=False`` with
+    the residual history. Residuals are relative, ‖f_k − g‖ / ‖g‖.
+    """
+    if not isinstance(fe, FreeEnergy):
+        raise TypeError(f"fe must be a mfsde.FreeEnergy, got {type(fe).__name__}")
+    if math.isinf(fe.beta):
+        raise ValueError("the fixed point of the Gibbs map needs a finite beta")
+    for name, v in (("num_chains", num_chains), ("num_warmup", num_warmup), ("num_samples", num_samples),
+                    ("max_iter", max_iter)):
+        if int(v) != v or v < 1:
+            raise ValueError(f"{name} must be a positive integer, got {v!r}")
+    if num_samples < 2 * _BATCHES_PER_CHAIN:
+        raise ValueError(f"num_samples must be at least {2 * _BATCHES_PER_CHAIN} (batch-means error), got {num_samples}")
+    run = _gibbs_runner(fe, kernel, num_warmup, num_samples, num_integration_steps)
+    p = fe.num_data
+    f = jnp.zeros(p, fe.x.dtype) if output0 is None else jnp.asarray(output0, fe.x.dtype)
+    key, k0 = jax.random.split(key)
+    init = fe.prior_sample(k0, num_chains)
+    a = fe.beta / p
+    residuals, outputs, errors = [], [], []
+    converged = False
+    for _ in range(max_iter):
+        key, k = jax.random.split(key)
+        gs = run(k, f, init)
+        g, se, u = _moments(fe, gs.samples)
+        r = f - g
+        norm_g = float(jnp.linalg.norm(g)) or 1.0
+        residuals.append(float(jnp.linalg.norm(r)) / norm_g)
+        errors.append(float(jnp.linalg.norm(se)) / norm_g)
+        outputs.append(np.asarray(g))
+        init = gs.samples[:, -1]
+        if float(jnp.linalg.norm(r)) <= max(tol * norm_g, 2.0 * float(jnp.linalg.norm(se))):
+            converged = True
+            break
+        # Woodbury: (I + a U Uᵀ)⁻¹ r = r − a U (I + a UᵀU)⁻¹ Uᵀ r
+        small = jnp.eye(u.shape[1], dtype=u.dtype) + a * (u.T @ u)
+        delta = r - a * (u @ jnp.linalg.solve(small, u.T @ r))
+        f = f - damping * delta
+    if not converged:
+        warnings.warn(f"sample_fixed_point did not converge in {max_iter} rounds; relative residuals "
+                      f"{np.round(residuals, 4).tolist()}", RuntimeWarning, stacklevel=2)
+    return FixedPoint(samples=gs.samples, output=g, residuals=np.asarray(residuals), converged=converged,
+                      outputs=np.stack(outputs), mc_errors=np.asarray(errors), acceptance=gs.acceptance,
+                      diverging=gs.diverging, energy=gs.energy, step_size=gs.step_size, kernel=kernel)
+
+
+class FixedPointCheck(NamedTuple):
+    """``check_fixed_point``: is a particle cloud the fixed point ρ* = G[ρ]?"""
+
+    passed: bool
+    output_error: float
+    output_threshold: float
+    w2: float
+    w2_floor: float
+    rhat: float
+    reason: str
+    samples: Float[Array, "c s d"]
+
+
+def check_fixed_point(fe: FreeEnergy, key: PRNGKeyArray, particles: Float[Array, "n d"], *, num_chains: int = 4,
+                      num_warmup: int = 400, num_samples: int = 500, kernel: str = "nuts") -> FixedPointCheck:
+    """Sample G[f_particles] with MCMC and compare it with the particles themselves.
+
+    Three checks, all required to pass:
+      1. output: ‖f_particles − E_G[σ]‖ ≤ 3 sqrt(‖se_G‖² + ‖se_N‖²), the two Monte Carlo
+         standard errors (draws, and the N particles' own sampling error sd_p/√N);
+      2. W2(particles, draws) ≤ 1.5 × the noise floor W2(draws half A, draws half B), both
+         between clouds of the same size min(N, S/2);
+      3. R-hat with the particles as one more chain (length min(N, draws)) < 1.05.
+    """
+    particles = fe._check_particles(particles)
+    from .diagnostics._divergence import w2
+
+    f = fe.output(particles)
+    init = particles[jnp.linspace(0, particles.shape[0] - 1, num_chains).astype(int)]
+    gs = sample_gibbs(fe, key, f, init, num_warmup=num_warmup, num_samples=num_samples, kernel=kernel)
+    g, se_g, _ = _moments(fe, gs.samples)
+    sd_n = jnp.std(fe.features(particles[:: max(1, particles.shape[0] // _JACOBIAN_DRAWS)], fe.x), axis=0)
+    se_n = sd_n / math.sqrt(particles.shape[0])
+    err = float(jnp.linalg.norm(f - g))
+    threshold = 3.0 * math.sqrt(float(jnp.sum(se_g**2) + jnp.sum(se_n**2)))
+    draws = np.asarray(gs.samples.reshape(-1, fe.dim))
+    rng = np.random.default_rng(0)
+    draws = draws[rng.permutation(len(draws))]
+    m = min(particles.shape[0], len(draws) // 2)
+    w2_pd = w2(np.asarray(particles)[rng.permutation(particles.shape[0])[:m]], draws[:m])
+    floor = w2(draws[:m], draws[m:2 * m])
+    length = min(particles.shape[0], num_samples)
+    chains = np.concatenate([np.asarray(gs.samples[:, :length]), np.asarray(particles)[None, :length]], axis=0)
+    from arviz_stats import rhat
+
+    rh = float(np.max(rhat(chains, chain_axis=0, draw_axis=1)))
+    ok_out, ok_w2, ok_rhat = err <= threshold, w2_pd <= 1.5 * floor, rh < 1.05
+    reason = (f"output error {err:.3g} {'<=' if ok_out else '>'} {threshold:.3g} (3 MC s.e.); "
+              f"W2(particles, draws) {w2_pd:.3g} {'<=' if ok_w2 else '>'} 1.5 x floor {floor:.3g}; "
+              f"R-hat {rh:.3f} {'<' if ok_rhat else '>='} 1.05")
+    return FixedPointCheck(bool(ok_out and ok_w2 and ok_rhat), err, threshold, w2_pd, floor, rh, reason, gs.samples)

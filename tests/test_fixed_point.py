@@ -1,0 +1,115 @@
+"""The self-consistent Gibbs fixed point by BlackJAX MCMC vs the linear closed form (float64)."""
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import mfsde
+
+S, BETA = 1.0, 4.0
+
+
+@pytest.fixture(scope="module")
+def lin(linear):
+    x, y = linear.make_data(jax.random.key(0), num_data=80, dim=3, noise=0.3)
+    return mfsde.FreeEnergy(linear.make_unit(S), x, y, beta=BETA), x, y
+
+
+@pytest.mark.parametrize("kernel", ["nuts", "hmc", "mala"])
+def test_linear_fixed_point_where_picard_diverges(lin, linear, kernel):
+    """ρ* = N(m*, s²I). Picard's contraction factor here is β s² λ_max(Σ̂) > 1 (asserted).
+    Tolerances: the mean of S = chains·draws draws has s.e. s/√S; allowing an effective
+    sample size of S/4 (MALA and HMC mix slower than NUTS) and the fixed-point residual,
+    |mean − m*| < 5 s sqrt(4/S) per coordinate; variances within 5 sqrt(2·4/S) relative."""
+    fe, x, y = lin
+    sigma, _ = linear.moments(x, y)
+    assert BETA * S**2 * np.linalg.eigvalsh(sigma).max() > 2
+    fp = mfsde.sample_fixed_point(fe, jax.random.key(1), num_chains=4, num_warmup=400, num_samples=500,
+                                  kernel=kernel, max_iter=12)
+    assert fp.converged, fp.residuals
+    draws = np.asarray(fp.samples.reshape(-1, 3))
+    n = draws.shape[0]
+    m_star = linear.fixed_point_mean(x, y, BETA, S)
+    np.testing.assert_array_less(np.abs(draws.mean(0) - m_star), 5 * S * math.sqrt(4 / n))
+    cov = np.cov(draws.T)
+    np.testing.assert_array_less(np.abs(np.diag(cov) / S**2 - 1), 5 * math.sqrt(8 / n))
+    np.testing.assert_array_less(np.abs(cov - np.diag(np.diag(cov))), 5 * S**2 * math.sqrt(4 / n))
+    # the output is X m* (the network of the fixed point) within the same tolerance
+    np.testing.assert_allclose(fp.output, np.asarray(x) @ m_star, atol=5 * math.sqrt(4 / n) * np.abs(x).sum(1).max())
+    assert fp.residuals.shape[0] <= 12 and fp.acceptance.shape == (4, 500)
+
+
+def test_nonconvergence_warns(lin):
+    fe, x, y = lin
+    with pytest.warns(RuntimeWarning, match="did not converge"):
+        fp = mfsde.sample_fixed_point(fe, jax.random.key(2), num_chains=2, num_warmup=100, num_samples=100,
+                                      max_iter=1)
+    assert not fp.converged and fp.residuals.shape == (1,) and fp.residuals[0] == pytest.approx(1.0)
+
+
+def test_check_fixed_point_linear(lin):
+    """Langevin particles at stationarity pass; a run stopped at t = 0.3 fails all checks."""
+    fe, x, y = lin
+    p0 = fe.prior_sample(jax.random.key(3), 1000)
+    done = mfsde.langevin(fe, jax.random.key(4), p0, t1=12.0, dt0=0.01, ts=[12.0]).particles
+    early = mfsde.langevin(fe, jax.random.key(4), p0, t1=0.3, dt0=0.01, ts=[0.3]).particles
+    good = mfsde.check_fixed_point(fe, jax.random.key(5), done)
+    bad = mfsde.check_fixed_point(fe, jax.random.key(5), early)
+    assert good.passed, good.reason
+    assert not bad.passed and bad.rhat > 1.05 and bad.w2 > 1.5 * bad.w2_floor, bad.reason
+
+
+def test_check_fixed_point_nonlinear(neuron):
+    """tanh single neuron: Langevin particles run to stationarity pass, a short run fails."""
+    x, y = neuron.make_data(jax.random.key(6), num_data=64, dim=3, noise=0.1)
+    fe = mfsde.FreeEnergy(neuron.make_unit(1.0, 1.0), x, y, beta=20.0)
+    p0 = fe.prior_sample(jax.random.key(7), 800)
+    done = mfsde.langevin(fe, jax.random.key(8), p0, t1=60.0, dt0=0.05, ts=[60.0], diagnostics=False).particles
+    early = mfsde.langevin(fe, jax.random.key(8), p0, t1=0.5, dt0=0.05, ts=[0.5], diagnostics=False).particles
+    good = mfsde.check_fixed_point(fe, jax.random.key(9), done)
+    bad = mfsde.check_fixed_point(fe, jax.random.key(9), early)
+    assert good.passed, good.reason
+    assert not bad.passed, bad.reason
+
+
+def test_numpyro_nuts_cross_check(lin):
+    """The same Gibbs density sampled with numpyro's NUTS (through its potential_fn) and with
+    BlackJAX agree: means within 5 s.e. of the difference (s.e. from each sample's size)."""
+    from numpyro.infer import MCMC, NUTS
+
+    fe, x, y = lin
+    f = fe.output(fe.prior_sample(jax.random.key(10), 50) + 1.0)
+    logp = fe.gibbs_logdensity(f)
+    mcmc = MCMC(NUTS(potential_fn=lambda th: -logp(th)), num_warmup=400, num_samples=2000, progress_bar=False)
+    mcmc.run(jax.random.key(11), init_params=jnp.zeros(3))
+    ref = np.asarray(mcmc.get_samples())
+    gs = mfsde.sample_gibbs(fe, jax.random.key(12), f, jnp.zeros((4, 3)), num_warmup=400, num_samples=500)
+    ours = np.asarray(gs.samples.reshape(-1, 3))
+    se = np.sqrt(ref.var(0) / len(ref) + ours.var(0) / len(ours))
+    np.testing.assert_array_less(np.abs(ref.mean(0) - ours.mean(0)), 5 * se * 2)  # x2: effective sizes ~ n/4
+    np.testing.assert_array_less(np.abs(ref.std(0) / ours.std(0) - 1), 0.15)
+
+
+def test_fixed_point_inference_data(lin, tmp_path):
+    fe, x, y = lin
+    fp = mfsde.sample_fixed_point(fe, jax.random.key(13), num_chains=2, num_warmup=200, num_samples=200)
+    idata = mfsde.to_inference_data(fp, fe)
+    assert idata["posterior"]["theta"].shape == (2, 200, 3)
+    assert set(idata["sample_stats"].data_vars) >= {"diverging", "acceptance_rate", "step_size", "energy"}
+    assert idata["iterations"]["residual"].shape == (len(fp.residuals),)
+    s = mfsde.summary(idata)
+    assert "r_hat" in s.table.columns
+    assert mfsde.load(mfsde.save(idata, tmp_path / "fp.nc")).identical(idata)
+
+
+def test_bad_inputs(lin):
+    fe, x, y = lin
+    with pytest.raises(ValueError, match="kernel"):
+        mfsde.sample_fixed_point(fe, jax.random.key(0), kernel="gibbs")
+    with pytest.raises(ValueError, match="num_chains"):
+        mfsde.sample_fixed_point(fe, jax.random.key(0), num_chains=0)
+    with pytest.raises(ValueError, match="finite beta"):
+        mfsde.sample_fixed_point(mfsde.FreeEnergy(fe.unit, x, y, beta=math.inf), jax.random.key(0))
