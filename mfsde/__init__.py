@@ -23,11 +23,20 @@ from .diagnostics import (
     w2_to_prior_bound,
 )
 from .dynamics import ParticleSDE, Trajectory, langevin
-from .fixed_point import FixedPoint, FixedPointCheck, check_fixed_point, sample_fixed_point, sample_gibbs
+from .fixed_point import (
+    FixedPoint,
+    FixedPointCheck,
+    GibbsNormalizer,
+    check_fixed_point,
+    gibbs_log_normalizer,
+    sample_fixed_point,
+    sample_gibbs,
+)
 from .free_energy import FreeEnergy
 from .model import UnitModel, load_model
 
-__all__ = ["sample_fixed_point", "check_fixed_point", "sample_gibbs", "FixedPoint", "FixedPointCheck", "FreeEnergy", "UnitModel", "load_model", "langevin", "Trajectory", "ParticleSDE", "to_inference_data",
+__all__ = ["sample_fixed_point", "check_fixed_point", "sample_gibbs", "gibbs_log_normalizer", "FixedPoint",
+           "FixedPointCheck", "GibbsNormalizer", "FreeEnergy", "UnitModel", "load_model", "langevin", "Trajectory", "ParticleSDE", "to_inference_data",
            "summary", "stationarity", "kl_to_prior", "entropy_knn", "w2", "w2_gaussian", "w2_to_prior",
            "w2_to_prior_bound", "save", "load", "plot_marginals", "plot_observables"]
 __version__ = "0.1.0"

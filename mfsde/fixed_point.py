@@ -25,13 +25,14 @@ from jaxtyping import Array, Float, PRNGKeyArray
 
 from .free_energy import FreeEnergy
 
-__all__ = ["GibbsSamples", "FixedPoint", "FixedPointCheck", "sample_gibbs", "sample_fixed_point", "check_fixed_point"]
+__all__ = ["GibbsSamples", "FixedPoint", "FixedPointCheck", "GibbsNormalizer", "sample_gibbs", "sample_fixed_point",
+           "check_fixed_point", "gibbs_log_normalizer"]
 
 KERNELS = ("nuts", "hmc", "mala")
 # MALA's step size is tuned during warmup by Robbins–Monro on log h towards this acceptance.
 MALA_TARGET_ACCEPTANCE = 0.574
 # Draws used for the Jacobian (the covariance of the features) in a Newton step.
-_JACOBIAN_DRAWS = 512
+_JACOBIAN_DRAWS = 4096
 # Batch means for the Monte Carlo standard error of E_G[σ].
 _BATCHES_PER_CHAIN = 5
 
@@ -140,7 +141,7 @@ def _moments(fe: FreeEnergy, samples):
     se = jnp.std(means, axis=0, ddof=1) / math.sqrt(means.shape[0])
     flat = samples.reshape(-1, d)
     sub = flat[:: max(1, flat.shape[0] // _JACOBIAN_DRAWS)]
-    feats = fe.features(sub, fe.x)                          # (S', P): S' <= 512 draws
+    feats = fe.features(sub, fe.x)                          # (S', P): S' <= 4096 draws
     centred = feats - feats.mean(0)
     return g, se, centred.T / math.sqrt(sub.shape[0])
 
@@ -154,7 +155,9 @@ def sample_fixed_point(fe: FreeEnergy, key: PRNGKeyArray, num_chains: int = 4, n
     Round k samples G[f_k] (chains warm-started from the previous round's last states),
     estimates g = E_G[σ], its Monte Carlo standard error se, and C = Cov_G(σ), and stops
     when ‖f_k − g‖ ≤ max(tol ‖g‖, 2 ‖se‖) (the residual is then indistinguishable from
-    Monte Carlo noise); otherwise f_{k+1} = f_k − damping · (I + (β/P) C)⁻¹ (f_k − g).
+    Monte Carlo noise); otherwise f_{k+1} = f_k − damping · (I + (β/P) C)⁻¹ (f_k − g). A
+    round whose residual exceeds the best so far halves the last step instead (the map is
+    nonlinear and a full Newton step from far away can overshoot).
     Starts from f_0 = ``output0`` (default 0: G[0] is the prior tilted by −β E[−yσ]).
     Non-convergence within ``max_iter`` rounds warns and returns ``converged=False`` with
     the residual history. Residuals are relative, ‖f_k − g‖ / ‖g‖.
@@ -177,23 +180,35 @@ def sample_fixed_point(fe: FreeEnergy, key: PRNGKeyArray, num_chains: int = 4, n
     a = fe.beta / p
     residuals, outputs, errors = [], [], []
     converged = False
+    best, f_prev, delta = math.inf, None, None
     for _ in range(max_iter):
         key, k = jax.random.split(key)
         gs = run(k, f, init)
         g, se, u = _moments(fe, gs.samples)
         r = f - g
         norm_g = float(jnp.linalg.norm(g)) or 1.0
-        residuals.append(float(jnp.linalg.norm(r)) / norm_g)
+        res = float(jnp.linalg.norm(r))
+        residuals.append(res / norm_g)
         errors.append(float(jnp.linalg.norm(se)) / norm_g)
         outputs.append(np.asarray(g))
         init = gs.samples[:, -1]
-        if float(jnp.linalg.norm(r)) <= max(tol * norm_g, 2.0 * float(jnp.linalg.norm(se))):
+        if res <= max(tol * norm_g, 2.0 * float(jnp.linalg.norm(se))):
             converged = True
             break
-        # Woodbury: (I + a U Uᵀ)⁻¹ r = r − a U (I + a UᵀU)⁻¹ Uᵀ r
-        small = jnp.eye(u.shape[1], dtype=u.dtype) + a * (u.T @ u)
-        delta = r - a * (u @ jnp.linalg.solve(small, u.T @ r))
-        f = f - damping * delta
+        if res > best and f_prev is not None:
+            # Newton overshot (the map is nonlinear): back off along the last step.
+            delta = 0.5 * delta
+            f = f_prev - delta
+            continue
+        best, f_prev = res, f
+        if u.shape[1] < p:
+            # Woodbury: (I + a U Uᵀ)⁻¹ r = r − a U (I + a UᵀU)⁻¹ Uᵀ r, an S × S solve
+            small = jnp.eye(u.shape[1], dtype=u.dtype) + a * (u.T @ u)
+            step = r - a * (u @ jnp.linalg.solve(small, u.T @ r))
+        else:
+            step = jnp.linalg.solve(jnp.eye(p, dtype=u.dtype) + a * (u @ u.T), r)
+        delta = damping * step
+        f = f - delta
     if not converged:
         warnings.warn(f"sample_fixed_point did not converge in {max_iter} rounds; relative residuals "
                       f"{np.round(residuals, 4).tolist()}", RuntimeWarning, stacklevel=2)
@@ -253,3 +268,67 @@ def check_fixed_point(fe: FreeEnergy, key: PRNGKeyArray, particles: Float[Array,
               f"W2(particles, draws) {w2_pd:.3g} {'<=' if ok_w2 else '>'} 1.5 x floor {floor:.3g}; "
               f"R-hat {rh:.3f} {'<' if ok_rhat else '>='} 1.05")
     return FixedPointCheck(bool(ok_out and ok_w2 and ok_rhat), err, threshold, w2_pd, floor, rh, reason, gs.samples)
+
+
+class GibbsNormalizer(NamedTuple):
+    """``gibbs_log_normalizer``: log Z of G[f] and KL(G[f]‖π₀) by adaptive tempered SMC."""
+
+    log_z: float
+    kl: float
+    expected_log_tilt: float
+    num_temperatures: int
+    particles: Float[Array, "n d"]
+    weights: Float[Array, " n"]
+
+
+def gibbs_log_normalizer(fe: FreeEnergy, key: PRNGKeyArray, output: Float[Array, " p"], *, num_particles: int = 2000,
+                         target_ess: float = 0.5, num_mcmc_steps: int = 10, step_size: float = 0.3,
+                         num_integration_steps: int = 8, samples: Array | None = None) -> GibbsNormalizer:
+    """log Z = log E_π₀[exp(−βΨ(θ; f))] and KL(G[f]‖π₀) = −β E_G[Ψ] − log Z.
+
+    BlackJAX adaptive tempered SMC from π₀ (λ = 0) to G[f] (λ = 1): each temperature is
+    chosen so the ESS of the incremental weights is ``target_ess`` · N, the particles are
+    resampled (systematic) and moved by ``num_mcmc_steps`` HMC steps (mass matrix = the
+    prior draws' variances, step ``step_size``); log Z is the sum of the log mean
+    incremental weights. E_G[Ψ] comes from ``samples`` of G[f] when given (e.g. the draws of
+    ``sample_fixed_point``), else from the final weighted SMC particles.
+    """
+    from blackjax.smc import resampling
+
+    if math.isinf(fe.beta):
+        raise ValueError("the Gibbs measure needs a finite beta")
+    output = jnp.asarray(output)
+    residual = fe.residual(output)
+    x, beta, unit = fe.x, fe.beta, fe.unit
+
+    def log_tilt(theta):
+        return -beta * jnp.mean(residual * unit.apply(theta, x))
+
+    k0, k1 = jax.random.split(key)
+    init = fe.prior_sample(k0, num_particles)
+    inv_mass = jnp.var(init, axis=0)[None]
+    params = dict(step_size=jnp.asarray([step_size], init.dtype), inverse_mass_matrix=inv_mass,
+                  num_integration_steps=jnp.asarray([num_integration_steps]))
+    smc = blackjax.adaptive_tempered_smc(unit.prior_logdensity, log_tilt, blackjax.hmc.build_kernel(),
+                                         blackjax.hmc.init, params, resampling.systematic, target_ess,
+                                         num_mcmc_steps=num_mcmc_steps)
+
+    @jax.jit
+    def run(k):
+        def cond(c):
+            return c[0].tempering_param < 1.0
+
+        def body(c):
+            state, k, log_z, n = c
+            k, sub = jax.random.split(k)
+            state, info = smc.step(sub, state)
+            return state, k, log_z + info.log_likelihood_increment, n + 1
+
+        return jax.lax.while_loop(cond, body, (smc.init(init), k, jnp.zeros((), init.dtype), 0))
+
+    state, _, log_z, n = run(k1)
+    if samples is None:
+        tilt = float(jnp.sum(state.weights * jax.vmap(log_tilt)(state.particles)))
+    else:
+        tilt = float(jnp.mean(jax.vmap(log_tilt)(jnp.asarray(samples).reshape(-1, fe.dim))))
+    return GibbsNormalizer(float(log_z), tilt - float(log_z), tilt, int(n), state.particles, state.weights)

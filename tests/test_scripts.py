@@ -44,3 +44,17 @@ def test_diagnostics_bench_smoke(root):
     res = run(["bench/diagnostics.py", "--smoke"], root)
     assert res.returncode == 0, res.stdout + res.stderr
     assert "kl" in res.stdout and "w2_exact" in res.stdout and "to_inference_data" in res.stdout
+
+
+def test_tutorials_run_at_smoke_size(root, tmp_path):
+    for script in sorted((root / "tutorials").glob("*.py")):
+        res = run([str(script)], root, {"MFSDE_SMOKE": "1", "MFSDE_RUNS": str(tmp_path)})
+        assert res.returncode == 0, f"{script.name}:\n{res.stdout}\n{res.stderr}"
+        pngs = list((tmp_path / script.stem).glob("*.png"))
+        assert pngs and all(p.stat().st_size > 1000 for p in pngs), script.name
+
+
+def test_fixed_point_bench_smoke(root):
+    res = run(["bench/fixed_point.py", "--smoke"], root)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "MCMC rounds" in res.stdout and "R-hat" in res.stdout

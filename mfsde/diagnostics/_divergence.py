@@ -65,7 +65,11 @@ def entropy_knn(x: Float[Array, "n d"], k: int = 1) -> Float[Array, ""]:
 
 
 def kl_to_prior(particles: Float[Array, "n d"], fe, k: int = 1) -> Float[Array, ""]:
-    """KL(ρ‖π₀) ≈ −Ĥ_kNN(ρ) − (1/N) Σ_i log π₀(θ_i) for the empirical cloud of ρ."""
+    """KL(ρ‖π₀) ≈ −Ĥ_kNN(ρ) − (1/N) Σ_i log π₀(θ_i) for the empirical cloud of ρ.
+
+    The points must be distinct draws (particles are): MCMC output with repeated states
+    (rejections) has zero nearest-neighbour distances and overestimates KL badly.
+    """
     particles = fe._check_particles(particles)
     return -entropy_knn(particles, k) - jnp.mean(fe.prior_logdensity(particles))
 
