@@ -85,7 +85,8 @@ def gemm_pair(x, steps):
 def ours(fe, steps):
     @jax.jit
     def run(key, p0):
-        return mfsde.langevin(fe, key, p0, t1=steps * DT, dt0=DT, ts=[steps * DT], progress=False).particles
+        return mfsde.langevin(fe, key, p0, t1=steps * DT, dt0=DT, ts=[steps * DT], progress=False,
+                              diagnostics=False).particles
 
     return run
 

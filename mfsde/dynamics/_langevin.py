@@ -15,7 +15,7 @@ import numpy as np
 from jaxtyping import Array, Float, PRNGKeyArray
 
 from ..free_energy import FreeEnergy
-from ..diagnostics._divergence import gaussian_prior_moments
+from ..diagnostics._divergence import gaussian_prior_moments, kl_to_prior, w2_to_prior_bound
 from ._checkpoint import solve_checkpointed
 from ._core import ParticleSDE, Trajectory, solve
 
@@ -73,8 +73,6 @@ class ParticleObservables(eqx.Module):
             "mean_sq_norm": jnp.mean(jnp.sum(particles**2, axis=1)),
         }
         if self.diagnostics:
-            from ..diagnostics._divergence import kl_to_prior, w2_to_prior_bound
-
             out["kl_to_prior"] = kl_to_prior(particles, self.fe)
             out["free_energy"] = 0.5 * out["risk"] + (
                 0.0 if math.isinf(self.fe.beta) else out["kl_to_prior"] / self.fe.beta
@@ -157,7 +155,7 @@ def langevin(
     if batched and particles0.ndim == 3:
         if particles0.shape[0] != key.shape[0]:
             raise ValueError(f"particles0 has {particles0.shape[0]} replicates for {key.shape[0]} keys")
-        jax.vmap(fe._check_particles)(particles0)
+        fe._check_particles(particles0[0])
     else:
         particles0 = fe._check_particles(particles0)
     # Under an outer jit/vmap the values are not known here; they are checked when concrete.
