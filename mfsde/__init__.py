@@ -22,7 +22,7 @@ from .diagnostics import (
     w2_to_prior,
     w2_to_prior_bound,
 )
-from .dynamics import ParticleSDE, Trajectory, langevin
+from .dynamics import ParticleSDE, Trajectory, langevin, mckean_vlasov, schrodinger_bridge, sgd
 from .fixed_point import (
     FixedPoint,
     FixedPointCheck,
@@ -36,7 +36,7 @@ from .free_energy import FreeEnergy
 from .model import UnitModel, load_model
 
 __all__ = ["sample_fixed_point", "check_fixed_point", "sample_gibbs", "gibbs_log_normalizer", "FixedPoint",
-           "FixedPointCheck", "GibbsNormalizer", "FreeEnergy", "UnitModel", "load_model", "langevin", "Trajectory", "ParticleSDE", "to_inference_data",
+           "FixedPointCheck", "GibbsNormalizer", "FreeEnergy", "UnitModel", "load_model", "langevin", "sgd", "mckean_vlasov", "schrodinger_bridge", "Trajectory", "ParticleSDE", "to_inference_data",
            "summary", "stationarity", "kl_to_prior", "entropy_knn", "w2", "w2_gaussian", "w2_to_prior",
            "w2_to_prior_bound", "save", "load", "plot_marginals", "plot_observables"]
 __version__ = "0.1.0"

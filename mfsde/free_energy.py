@@ -73,8 +73,10 @@ class FreeEnergy(eqx.Module):
     beta: float = eqx.field(static=True)
     chunk_size: int | str | None = eqx.field(static=True)
     num_data: int = eqx.field(static=True)
+    sampler: Callable | None = eqx.field(static=True, default=None)
 
-    def __init__(self, unit: Callable | UnitModel, x, y, beta: float, chunk_size: int | str | None = "auto"):
+    def __init__(self, unit: Callable | UnitModel, x, y, beta: float, chunk_size: int | str | None = "auto",
+                 sampler: Callable | None = None):
         x = jnp.asarray(x, dtype=float)
         y = jnp.asarray(y, dtype=float)
         if x.ndim < 1 or x.shape[0] < 1:
@@ -98,6 +100,31 @@ class FreeEnergy(eqx.Module):
         self.beta = beta
         self.chunk_size = chunk_size
         self.num_data = int(x.shape[0])
+        if sampler is not None and not callable(sampler):
+            raise TypeError(f"sampler must be a function (key, batch_size) -> (x, y), got {type(sampler).__name__}")
+        self.sampler = sampler
+
+    @classmethod
+    def from_sampler(cls, unit: Callable | UnitModel, sampler: Callable, beta: float, key: PRNGKeyArray,
+                     num_eval: int = 4096, chunk_size: int | str | None = "auto") -> "FreeEnergy":
+        """Population (one-pass) free energy: pairs come fresh from ``sampler(key, B) -> (x, y)``.
+
+        ``mfsde.sgd`` draws every minibatch from the sampler (one pass, no pair reused), so
+        it descends the population risk R(ρ) = E_{(x, y)}[(y − f_ρ(x))²]. Everything that
+        needs R, Ψ or ∇Ψ as a deterministic function (risk, langevin, fixed points) uses a
+        fixed evaluation sample of ``num_eval`` pairs drawn once from ``key``: a Monte
+        Carlo estimate of the population quantities with error O(num_eval^{-1/2}).
+        """
+        if not callable(sampler):
+            raise TypeError(f"sampler must be a function (key, batch_size) -> (x, y), got {type(sampler).__name__}")
+        if int(num_eval) != num_eval or num_eval < 1:
+            raise ValueError(f"num_eval must be a positive integer, got {num_eval!r}")
+        x, y = sampler(key, int(num_eval))
+        x, y = jnp.asarray(x), jnp.asarray(y)
+        if x.shape[:1] != (num_eval,) or y.shape != (num_eval,):
+            raise ValueError(f"sampler(key, {num_eval}) must return x of shape ({num_eval}, ...) and y of shape "
+                             f"({num_eval},), got {x.shape} and {y.shape}")
+        return cls(unit, x, y, beta, chunk_size=chunk_size, sampler=sampler)
 
     # Identity hash/eq (a FreeEnergy holds data arrays): makes bound methods hashable, so
     # ``jax.jit(fe.risk)`` works as for any function. Passed as a jit argument, it is still
@@ -189,10 +216,17 @@ class FreeEnergy(eqx.Module):
         """
         return self.grad_potential_and_output(particles)[0]
 
-    def grad_potential_and_output(self, particles: Float[Array, "n d"]) -> tuple[Float[Array, "n d"], Float[Array, " p"]]:
-        """(∇Ψ(θ_i; ρ^N) for all i, f_ρ on the data) from the same forward pass."""
+    def grad_potential_and_output(self, particles: Float[Array, "n d"], x: Array | None = None,
+                                  y: Array | None = None) -> tuple[Float[Array, "n d"], Float[Array, " p"]]:
+        """(∇Ψ(θ_i; ρ^N) for all i, f_ρ on the data) from the same forward pass.
+
+        With ``x, y`` (a minibatch of B pairs) instead of the data set, Ψ is the batch's
+        (1/B) Σ_b (f_ρ(x_b) − y_b) σ(x_b; θ): the stochastic gradient of SGD.
+        """
         particles = self._check_particles(particles)
-        p = self.num_data
+        if x is None:
+            x, y = self.x, self.y
+        p = x.shape[0]
 
         def chunk(xb, yb, wb):
             feats, vjp = jax.vjp(lambda th: self.features(th, xb), particles)
@@ -200,7 +234,7 @@ class FreeEnergy(eqx.Module):
             r = (f - yb) * (wb / p)
             return vjp(jnp.broadcast_to(r, feats.shape))[0], f
 
-        xc, yc, wc = self._chunked(particles.shape[0], self.x, self.y)
+        xc, yc, wc = self._chunked(particles.shape[0], x, y)
         if xc.shape[0] == 1:
             g, f = chunk(xc[0], yc[0], wc[0])
             return g, f[:p]
@@ -211,6 +245,29 @@ class FreeEnergy(eqx.Module):
 
         g, f = jax.lax.scan(body, jnp.zeros_like(particles), (xc, yc, wc))
         return g, f.reshape(-1)[:p]
+
+    def potential_and_grad(self, thetas: Float[Array, "m d"], particles_or_output: Array
+                           ) -> tuple[Float[Array, " m"], Float[Array, "m d"]]:
+        """(Ψ(v_j; ρ), ∇Ψ(v_j; ρ)) at M points v_j for a frozen ρ (particles or f_ρ), chunked.
+
+        Ψ(v; ρ) = (1/P) Σ_p r_p σ(x_p; v) with r = f_ρ − y fixed, so the points do not
+        interact: one forward and one vjp per data chunk, memory O(M · chunk).
+        """
+        thetas = self._check_particles(thetas)
+        r = self.residual(particles_or_output)
+        p = self.num_data
+
+        def chunk(acc, batch):
+            xb, rb, wb = batch
+            feats, vjp = jax.vjp(lambda th: self.features(th, xb), thetas)
+            cot = jnp.broadcast_to(rb * (wb / p), feats.shape)
+            return (acc[0] + jnp.sum(feats * cot, axis=1), acc[1] + vjp(cot)[0]), None
+
+        xc, rc, wc = self._chunked(thetas.shape[0], self.x, r)
+        init = (jnp.zeros(thetas.shape[0], thetas.dtype), jnp.zeros_like(thetas))
+        if xc.shape[0] == 1:
+            return chunk(init, (xc[0], rc[0], wc[0]))[0]
+        return jax.lax.scan(chunk, init, (xc, rc, wc))[0]
 
     def grad_prior_logdensity(self, particles: Float[Array, "n d"]) -> Float[Array, "n d"]:
         """∇ log π₀(θ_i) (unconstrained coordinates, Jacobian included), shape (N, D)."""

@@ -50,7 +50,8 @@ class Trajectory(eqx.Module):
 class ParticleSDE(eqx.Module):
     """dΘ = drift(t, Θ) dt + noise_scale(t) dB over an (N, D) particle array.
 
-    ``drift(t, Θ, args) -> (N, D)``; ``noise_scale(t) -> scalar`` or ``None`` for an ODE.
+    ``drift(t, Θ, args) -> (N, D)``; ``noise_scale(t) -> scalar`` (isotropic) or a (D,)
+    row of per-coordinate scales (diagonal), or ``None`` for an ODE.
     Both should be equinox Modules (or other stable callables) so that repeated solves
     reuse the compiled program.
     """
@@ -59,11 +60,13 @@ class ParticleSDE(eqx.Module):
     noise_scale: Callable | None = None
 
 
-class _IsotropicDiffusion(eqx.Module):
+class _DiagonalDiffusion(eqx.Module):
+    # noise_scale(t) is a scalar, or a (D,) row of per-coordinate scales (e.g. Σ^{1/2}).
     noise_scale: Callable
 
     def __call__(self, t, y, args):
-        return lx.DiagonalLinearOperator(jnp.full(y.shape, self.noise_scale(t), y.dtype))
+        scale = jnp.asarray(self.noise_scale(t), y.dtype)
+        return lx.DiagonalLinearOperator(jnp.broadcast_to(scale, y.shape))
 
 
 def _levy_area(solver) -> type:
@@ -101,7 +104,7 @@ def _grid_indices(ts: Array, t0: float, t1: float, dt0: float) -> tuple[np.ndarr
     if np.any(np.abs(k - ks) > 1e-6) or np.any(t0 + ks * dt0 > t1 + 1e-9 * dt0) or np.any(np.diff(ks) <= 0):
         return None
     nonzero = ks[ks > 0]
-    every = int(np.gcd.reduce(nonzero)) if nonzero.size else n_steps
+    every = int(np.gcd.reduce(nonzero)) if nonzero.size else 1
     return ks, every
 
 
@@ -128,7 +131,7 @@ def solve(
 ) -> Trajectory:
     """Solve a particle SDE with diffrax, saving ``observables(t, Θ, args) -> dict`` at ``ts``.
 
-    Fixed steps (no controller, or ``ConstantStepSize``) draw Brownian increments with
+    Fixed steps (no controller, ``ConstantStepSize``, or a ``StepTo`` grid) draw Brownian increments with
     ``UnsafeBrownianPath`` (one normal draw per step, no tree) and solve with
     ``ForwardMode``, a plain while loop without checkpoints: this is what keeps a diffrax
     step as cheap as a hand-written ``lax.scan`` Euler–Maruyama step (bench/langevin.py).
@@ -139,10 +142,13 @@ def solve(
         raise ValueError(f"need finite t0 < t1, got t0={t0}, t1={t1}")
     if not (math.isfinite(dt0) and dt0 > 0):
         raise ValueError(f"dt0 must be a positive number, got {dt0}")
-    n_steps = num_fixed_steps(t0, t1, dt0)
     if stepsize_controller is None:
         stepsize_controller = diffrax.ConstantStepSize()
     fixed = isinstance(stepsize_controller, diffrax.ConstantStepSize)
+    # StepTo: a given, non-uniform grid (e.g. refined where the drift is stiff); its steps
+    # are never rejected, so the cheap Brownian path and forward-mode loop apply too.
+    step_to = isinstance(stepsize_controller, diffrax.StepTo)
+    n_steps = len(stepsize_controller.ts) - 1 if step_to else num_fixed_steps(t0, t1, dt0)
     if ts is None:
         ts = np.linspace(t0, t1, min(101, n_steps + 1))
     # Save times known at trace time (lists, numpy, concrete arrays) stay numpy here, even
@@ -160,11 +166,11 @@ def solve(
     else:
         shape = jax.ShapeDtypeStruct(y0.shape, y0.dtype)
         levy = _levy_area(solver)
-        if fixed:
+        if fixed or step_to:
             bm = diffrax.UnsafeBrownianPath(shape=shape, key=key, levy_area=levy)
         else:
             bm = diffrax.VirtualBrownianTree(t0, t1, tol=dt0 / 100, shape=shape, key=key, levy_area=levy)
-        terms = diffrax.MultiTerm(drift, diffrax.ControlTerm(_IsotropicDiffusion(sde.noise_scale), bm))
+        terms = diffrax.MultiTerm(drift, diffrax.ControlTerm(_DiagonalDiffusion(sde.noise_scale), bm))
 
     if progress is None:
         progress = n_steps >= _PROGRESS_MIN_STEPS
@@ -174,7 +180,7 @@ def solve(
         else diffrax.NoProgressMeter()
     )
     if max_steps is None:
-        max_steps = n_steps + 1 if fixed else _ADAPTIVE_STEP_FACTOR * n_steps
+        max_steps = n_steps + 1 if fixed or step_to else _ADAPTIVE_STEP_FACTOR * n_steps
     grid = _grid_indices(ts, t0, t1, dt0) if fixed else None
     if grid is None:
         saveat = diffrax.SaveAt(subs=[diffrax.SubSaveAt(ts=jnp.asarray(ts, y0.dtype), fn=observables),
@@ -192,7 +198,7 @@ def solve(
         solver,
         t0,
         t1,
-        dt0,
+        None if step_to else dt0,
         y0,
         saveat=saveat,
         stepsize_controller=stepsize_controller,
