@@ -58,3 +58,9 @@ def test_fixed_point_bench_smoke(root):
     res = run(["bench/fixed_point.py", "--smoke"], root)
     assert res.returncode == 0, res.stdout + res.stderr
     assert "MCMC rounds" in res.stdout and "R-hat" in res.stdout
+
+
+def test_tzen_raginsky_bench_smoke(root):
+    res = run(["bench/tzen_raginsky.py", "--smoke"], root)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "bridge/langevin" in res.stdout and "peak memory" in res.stdout

@@ -1,0 +1,104 @@
+"""Benchmark: one Schrödinger-bridge step vs one Langevin step at the same N (same run).
+
+A bridge drift evaluation estimates E_Q[∇Ψ] for every particle from n_inner draws (Ψ and
+∇Ψ at N·n_inner points) plus ∇Ψ(w) for the Gaussian proposal's centre; a Langevin drift is
+f_ρ and ∇Ψ at N points. Prints both times, their ratio and the ratio per inner point, then
+the peak memory of one bridge step at N = 10⁴, n_inner = 64, P = 4096 (XLA's buffer
+accounting of the compiled step and the process's max RSS, in a fresh process).
+
+Usage: python bench/tzen_raginsky.py [--n 2000 --p 4096 --d 16 --n-inner 64] [--smoke]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import pathlib
+import resource
+import subprocess
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import mfsde
+from mfsde.dynamics import BridgeDrift, LangevinDrift, gaussian_prior
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+neuron = mfsde.load_model(ROOT / "models" / "single_neuron.py")
+
+
+def problem(n, p, d, n_inner):
+    x, y = neuron.make_data(jax.random.key(0), num_data=p, dim=d)
+    fe = mfsde.FreeEnergy(neuron.make_unit(1.0, 1.0), x, y, beta=20.0)
+    mean, var = gaussian_prior(fe)
+    pool = fe.prior_sample(jax.random.key(1), 4096)
+    particles = fe.prior_sample(jax.random.key(2), n)
+    output = fe.output(particles)
+    chunk = max(1, (1 << 14 if jax.default_backend() == "cpu" else 1 << 18) // n_inner)
+    bridge = BridgeDrift(fe, output, pool, jnp.asarray(0.0), jnp.asarray(mean, x.dtype), jnp.asarray(var, x.dtype),
+                         jax.random.key(3), n_inner // 4, n_inner // 4, chunk)
+    state = jnp.concatenate([particles, jnp.zeros((n, 1), x.dtype)], axis=1)
+    return fe, bridge, particles, state
+
+
+def timeit(fn, *args, repeats=3):
+    jax.block_until_ready(fn(*args))
+    best = np.inf
+    for _ in range(repeats):
+        t = time.perf_counter()
+        jax.block_until_ready(fn(*args))
+        best = min(best, time.perf_counter() - t)
+    return best
+
+
+def memory_child(n, p, d, n_inner):
+    fe, bridge, particles, state = problem(n, p, d, n_inner)
+    step = jax.jit(lambda b, t, y: y + 0.01 * b(t, y))
+    compiled = step.lower(bridge, 0.3, state).compile()
+    ma = compiled.memory_analysis()
+    t = time.perf_counter()
+    jax.block_until_ready(compiled(bridge, 0.3, state))
+    out = dict(n=n, p=p, d=d, n_inner=n_inner, temp_bytes=ma.temp_size_in_bytes,
+               max_rss_bytes=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+               step_s=time.perf_counter() - t, dense_bytes=n * n_inner * p * 4)
+    if jax.default_backend() == "gpu":
+        out["gpu_peak_bytes"] = jax.devices()[0].memory_stats().get("peak_bytes_in_use")
+    print(json.dumps(out))
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--n", type=int, default=2000)
+    ap.add_argument("--p", type=int, default=4096)
+    ap.add_argument("--d", type=int, default=16)
+    ap.add_argument("--n-inner", type=int, default=64)
+    ap.add_argument("--memory-n", type=int, default=10_000)
+    ap.add_argument("--smoke", action="store_true")
+    ap.add_argument("--memory-child", nargs=4, type=int)
+    args = ap.parse_args()
+    if args.memory_child:
+        return memory_child(*args.memory_child)
+    if args.smoke:
+        args.n, args.p, args.d, args.n_inner, args.memory_n = 64, 64, 4, 8, 128
+    fe, bridge, particles, state = problem(args.n, args.p, args.d, args.n_inner)
+    drift = jax.jit(lambda b, t, y: b(t, y))
+    t_l = timeit(drift, LangevinDrift(fe), 0.3, particles)
+    t_b = timeit(drift, bridge, 0.3, state)
+    print(f"device: {jax.devices()[0].device_kind}; planted neuron d={args.d} (D={fe.dim}), P={args.p}, "
+          f"N={args.n}, n_inner={args.n_inner}")
+    print(f"langevin drift {t_l * 1e3:.1f} ms, bridge drift {t_b * 1e3:.1f} ms: bridge/langevin = {t_b / t_l:.1f} "
+          f"({t_b / t_l / (args.n_inner + 1):.2f} per inner point + centre)")
+    cmd = [sys.executable, __file__, "--memory-child", str(args.memory_n), str(args.p), str(args.d), str(args.n_inner)]
+    res = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1])
+    gib = 2**30
+    print(f"peak memory, one bridge step at N={res['n']} n_inner={res['n_inner']} P={res['p']}: XLA temp "
+          f"{res['temp_bytes'] / gib:.3f} GiB, process max RSS {res['max_rss_bytes'] / gib:.2f} GiB"
+          + (f", GPU peak {res['gpu_peak_bytes'] / gib:.2f} GiB" if res.get("gpu_peak_bytes") else "")
+          + f" (a dense N x n_inner x P float32 array: {res['dense_bytes'] / gib:.1f} GiB); step {res['step_s']:.1f} s")
+
+
+if __name__ == "__main__":
+    main()
