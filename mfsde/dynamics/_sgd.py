@@ -13,12 +13,9 @@ from jaxtyping import Array, Float, PRNGKeyArray
 
 from ..free_energy import FreeEnergy
 from ._core import Trajectory
+from ._langevin import _unit_schedule
 
 __all__ = ["sgd"]
-
-
-def _unit_schedule(t):
-    return 1.0
 
 
 class _SGDStep(eqx.Module):
