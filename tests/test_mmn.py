@@ -22,7 +22,7 @@ def test_reduced_risk_equals_population_risk_as_d_grows(gm):
     tends to the reduction's ½Σ_±(y_± − f_±)²; the gap is O(1/d) (measured 0.044, 0.0099,
     0.0008 at d = 20, 80, 320). The population risk is estimated on M fresh pairs with the
     finite-N term E_x Var_i σ / N removed (unbiased for iid units); tolerance 4.5 s.e."""
-    n, m = 1000, 10000
+    n, m = 500, 10000
     r = 0.5 + jax.random.uniform(jax.random.key(0), (n, 1))
     reduced = float(gm.reduced_problem(0.8).risk(r))
     # closed form vs Gauss–Hermite: the kinks limit the rule to O(1/nodes), 0.026 at 300
@@ -88,3 +88,52 @@ def test_sgd_tracks_particle_ode(neuron):
     assert 3.0 < e1 / e2 < 5.0                          # first order: 4
     m1, m2 = err(0.04, 16), err(0.0025, 16)
     assert m2 < 0.5 * m1                                # sqrt(16) = 4 expected
+
+
+def test_isotropic_reduced_dynamics_tracks_sgd_as_d_grows(gm):
+    """One-pass SGD (B = 32, η = 0.01, a discretisation of the population gradient flow) on
+    the d-dimensional mixture vs the reduced ODE on the radii of the same start: the largest
+    risk gap over t ∈ [0, 4] shrinks with d (measured 0.133, 0.040, 0.021 at d = 10, 40, 160;
+    at 160 it is at the level of the risk's evaluation noise, sd/√20000 ≈ 0.01, and the
+    N = 500 fluctuations)."""
+    red = gm.reduced_problem(0.8)
+    n, t1, eta = 500, 4.0, 0.01
+    gaps = []
+    for d in (10, 160):
+        fe = mfsde.FreeEnergy.from_sampler(gm.make_unit(d), gm.make_sampler(d, 0.8), float("inf"),
+                                           jax.random.key(1), num_eval=20000)
+        w0 = fe.prior_sample(jax.random.key(2), n)
+        rr = mfsde.langevin(red, jax.random.key(3), jnp.linalg.norm(w0, axis=1, keepdims=True), t1=t1, dt0=eta,
+                            diagnostics=False, ts=np.linspace(0, t1, 5))
+        tr = mfsde.sgd(fe, jax.random.key(4), w0, round(t1 / eta), eta, batch_size=32, save_every=100)
+        gaps.append(float(np.max(np.abs(np.asarray(tr.observables["risk"]) - np.asarray(rr.observables["risk"])))))
+    assert gaps[0] > 3.0 * gaps[1] and gaps[1] < 0.05
+
+
+def test_planted_reduction_arc_cosine_kernel_and_risk(neuron):
+    """The (a, s, r) reduction: for ReLU its interaction E_{G1}[h h'] is the arc-cosine kernel
+    a a'(n n'/2π)(sin φ + (π − φ) cos φ) (the equal-weight quantile rule in G1 is accurate to
+    7e-5 at 2048 nodes, 1e-3 at 512); for tanh its risk equals the d = 64 population risk
+    of units w = s w* + r u (u ⊥ w* uniform) within 4.5 s.e. (finite-N term removed; measured
+    gaps 0.7 s.e. at d = 16 and 0.1 s.e. at d = 128)."""
+    red = neuron.reduced_problem(neuron.relu, num_nodes=512)
+    t1, t2 = jnp.array([0.7, 0.5, 0.9]), jnp.array([-1.2, 1.1, 0.3])      # flat order (a, r, s)
+    u = float(jnp.mean(red.unit.apply(t1, red.x) * red.unit.apply(t2, red.x)))
+    n1, n2 = math.hypot(0.9, 0.5), math.hypot(0.3, 1.1)
+    c = 0.9 * 0.3 / (n1 * n2)
+    phi = math.acos(c)
+    assert abs(u - 0.7 * -1.2 * n1 * n2 / (2 * math.pi) * (math.sin(phi) + (math.pi - phi) * c)) < 1e-3
+
+    red = neuron.reduced_problem(jnp.tanh)
+    n, d, m = 500, 64, 10000
+    th = neuron.init_reduced(jax.random.key(0), n, 16).at[:, 2].add(0.4)
+    v = red.unflatten(th)
+    x = jax.random.normal(jax.random.key(1), (m, d))
+    w_star = jnp.zeros(d).at[0].set(1.0)
+    fe = mfsde.FreeEnergy(neuron.make_unit(), x, jnp.tanh(x[:, 0]), float("inf"))
+    perp = jax.random.normal(jax.random.key(2), (n, d)).at[:, 0].set(0.0)
+    w = v["s"][:, None] * w_star + v["r"][:, None] * perp / jnp.linalg.norm(perp, axis=1, keepdims=True)
+    parts = jnp.concatenate([v["a"][:, None], w], axis=1)
+    var = jax.lax.map(lambda xb: jnp.var(fe.features(parts, xb), axis=0, ddof=1), x.reshape(10, -1, d))
+    per = (fe.y - fe.output(parts)) ** 2 - var.reshape(-1) / n
+    assert abs(float(per.mean()) - float(red.risk(th))) < 4.5 * float(per.std()) / math.sqrt(m) + 1e-3
