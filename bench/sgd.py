@@ -1,5 +1,5 @@
 """Benchmark: one-pass SGD steps per second (MMN's isotropic mixture) vs a dense matmul,
-and the isotropic reduced dynamics' time to t = 40, in one run.
+and the reduced dynamics' time to t = 40 (isotropic r; planted (a, s, r)), in one run.
 
 SGD at N = 800 units, d = 320, minibatch B: each step is a forward (N, d) @ (d, B) and a
 backward of the same shape; the reference is the GEMM pair (N, d) @ (d, B) and
@@ -22,6 +22,7 @@ import mfsde
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 gm = mfsde.load_model(ROOT / "models" / "gaussian_mixture.py")
+sn = mfsde.load_model(ROOT / "models" / "single_neuron.py")
 
 
 def gemm_pair(n, d, b, steps):
@@ -75,6 +76,16 @@ def main():
     jax.block_until_ready(traj.particles)
     print(f"reduced dynamics, {args.radii} radii, t = 0..{t1:g} (dt0 0.01): {time.perf_counter() - t:.2f} s; "
           f"risk {float(traj.observables['risk'][0]):.3f} -> {float(traj.observables['risk'][-1]):.3f}")
+    planted = sn.reduced_problem(sn.relu)
+    th0 = sn.init_reduced(jax.random.key(6), args.radii, 16)
+    solve = lambda: mfsde.langevin(planted, jax.random.key(7), th0, t1=t1, dt0=0.05, diagnostics=False)  # noqa: E731
+    jax.block_until_ready(solve().particles)
+    t = time.perf_counter()
+    traj = solve()
+    jax.block_until_ready(traj.particles)
+    print(f"planted (a, s, r) reduction, ReLU, {args.radii} particles, 512 quantile nodes, t = 0..{t1:g} "
+          f"(dt0 0.05): {time.perf_counter() - t:.2f} s; risk {float(traj.observables['risk'][0]):.3f} -> "
+          f"{float(traj.observables['risk'][-1]):.4f}")
 
 
 if __name__ == "__main__":
