@@ -37,6 +37,14 @@ def gemm_pair(n, d, b, steps):
     return run
 
 
+def timed(fn):
+    """(seconds of the second call, its result); the first call compiles."""
+    jax.block_until_ready(fn())
+    t = time.perf_counter()
+    out = jax.block_until_ready(fn())
+    return time.perf_counter() - t, out
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n", type=int, default=800)
@@ -51,42 +59,26 @@ def main():
     fe = mfsde.FreeEnergy.from_sampler(gm.make_unit(args.d), gm.make_sampler(args.d, 0.8), float("inf"),
                                        jax.random.key(0), num_eval=1024)
     w0 = fe.prior_sample(jax.random.key(1), args.n)
-    run = lambda: mfsde.sgd(fe, jax.random.key(2), w0, args.steps, 0.01, batch_size=args.batch,  # noqa: E731
-                            save_every=args.steps, progress=False)
-    jax.block_until_ready(run().particles)
-    t = time.perf_counter()
-    jax.block_until_ready(run().particles)
-    t_sgd = time.perf_counter() - t
+    t_sgd, _ = timed(lambda: mfsde.sgd(fe, jax.random.key(2), w0, args.steps, 0.01, batch_size=args.batch,
+                                       save_every=args.steps, progress=False).particles)
     x = jax.random.normal(jax.random.key(3), (args.batch, args.d))
     ref = gemm_pair(args.n, args.d, args.batch, args.steps)
-    jax.block_until_ready(ref(w0, x))
-    t = time.perf_counter()
-    jax.block_until_ready(ref(w0, x))
-    t_mm = time.perf_counter() - t
+    t_mm, _ = timed(lambda: ref(w0, x))
     print(f"device: {jax.devices()[0].device_kind}; SGD N={args.n} d={args.d} B={args.batch}, {args.steps} steps")
     print(f"sgd: {args.steps / t_sgd:.0f} steps/s; GEMM pair: {args.steps / t_mm:.0f} steps/s; "
           f"sgd/gemm time ratio {t_sgd / t_mm:.2f} (incl. sampling the minibatch and one risk save)")
-    red = gm.reduced_problem(0.8)
-    r0 = gm.init_radii(jax.random.key(4), args.radii, args.d)
     t1 = 40.0
-    solve = lambda: mfsde.langevin(red, jax.random.key(5), r0, t1=t1, dt0=0.01, diagnostics=False)  # noqa: E731
-    jax.block_until_ready(solve().particles)
-    t = time.perf_counter()
-    traj = solve()
-    jax.block_until_ready(traj.particles)
-    print(f"reduced dynamics, {args.radii} radii, t = 0..{t1:g} (dt0 0.01): {time.perf_counter() - t:.2f} s; "
-          f"risk {float(traj.observables['risk'][0]):.3f} -> {float(traj.observables['risk'][-1]):.3f}")
-    planted = sn.reduced_problem(sn.relu)
-    th0 = sn.init_reduced(jax.random.key(6), args.radii, 16)
-    solve = lambda: mfsde.langevin(planted, jax.random.key(7), th0, t1=t1, dt0=0.05, diagnostics=False)  # noqa: E731
-    jax.block_until_ready(solve().particles)
-    t = time.perf_counter()
-    traj = solve()
-    jax.block_until_ready(traj.particles)
-    print(f"planted (a, s, r) reduction, ReLU, {args.radii} particles, 512 quantile nodes, t = 0..{t1:g} "
-          f"(dt0 0.05): {time.perf_counter() - t:.2f} s; risk {float(traj.observables['risk'][0]):.3f} -> "
-          f"{float(traj.observables['risk'][-1]):.4f}")
-
+    reductions = [
+        (f"reduced dynamics, {args.radii} radii", gm.reduced_problem(0.8),
+         gm.init_radii(jax.random.key(4), args.radii, args.d), 0.01),
+        (f"planted (a, s, r) reduction, ReLU, {args.radii} particles, 512 quantile nodes", sn.reduced_problem(sn.relu),
+         sn.init_reduced(jax.random.key(6), args.radii, 16), 0.05),
+    ]
+    for label, red, start, dt0 in reductions:
+        elapsed, traj = timed(lambda: mfsde.langevin(red, jax.random.key(5), start, t1=t1, dt0=dt0,  # noqa: B023
+                                                     diagnostics=False))
+        print(f"{label}, t = 0..{t1:g} (dt0 {dt0}): {elapsed:.2f} s; risk "
+              f"{float(traj.observables['risk'][0]):.3f} -> {float(traj.observables['risk'][-1]):.4f}")
 
 if __name__ == "__main__":
     main()
