@@ -121,18 +121,8 @@ for n in WIDTHS:
           f"vs greedy {gap_greedy:.4f}; max_i |W_k^i - W_0^i| = {lazy:.3f} (prior sd {np.sqrt(tau):.2f})")
 
 # %% [markdown]
-# At ε = 0.5 the greedy and optimal dynamics differ by O(ε) (their terminal risks above), so
-# the gap to the bridge has an N-independent floor of that size; Tzen–Raginsky's bound makes
-# it small only as ε → 0 with N ~ ε⁻².
-
-fig, ax = plt.subplots(figsize=(5.5, 3.6))
-ax.plot(bridge.ts, ob["risk"], "k-", lw=2, label="bridge R(μ*_t)")
-ax.plot(greedy.ts, og["risk"], "b--", label="greedy McKean–Vlasov")
-for n, tr in sgd_runs.items():
-    ax.plot(tr.ts / beta_tr, tr.observables["risk"], ".-", alpha=0.7, label=f"SGD N={n}")
-ax.axhline(ref["risk"], color="gray", ls=":", label="R(ρ*)")
-ax.set_xlabel("t = kη")
-ax.set_ylabel("risk")
-ax.legend(fontsize=8)
-fig.tight_layout()
-fig.savefig(OUT / "risk_curves.png", dpi=120)
+# SGD's mean-field limit is the noiseless McKean–Vlasov flow from W_0 ~ γ_τ, which is
+# neither SDE (both start at δ_0 and add noise Σ^{1/2}dB): the gap to the bridge (and to the
+# greedy SDE) has an N-independent part of that size, so it shrinks like N^{-1/2} only until
+# it reaches it (measured 0.026, 0.020, 0.016 at N = 100, 1000, 10000). In this lazy regime
+# greedy and optimal dynamics nearly coincide (their J differ by less than the N error).
