@@ -9,8 +9,9 @@ all timed in the same run (median of repeats, after compilation):
   call (it then also pays for a fresh (N, P) output buffer), and to the pair of GEMMs of a
   step, (N, d)@(d, P) then (N, P)@(P, d), iterated in a lax.scan (the step's roofline);
 - the same step for the unit written ``x @ w`` instead of ``w @ x.T`` (particle axis last);
-- the ratio of our diffrax step to a hand-written ``lax.scan`` Euler–Maruyama of the same
-  drift (diffrax's per-step overhead), and to a hand-fused JAX step with the derivatives
+- the ratio of our diffrax step (``mfsde.langevin``'s default solver at finite β,
+  Leimkuhler–Matthews) to a hand-written ``lax.scan`` Euler–Maruyama of the same drift
+  (diffrax's per-step overhead plus LM's, which reuses each step's noise once more), and to a hand-fused JAX step with the derivatives
   written out for this unit (what the generic numpyro tracing costs);
 - peak memory of a chunked step at N = P = 10⁵, d = 32 (XLA's buffer accounting and the
   process's max RSS, in a fresh subprocess).

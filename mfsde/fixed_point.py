@@ -23,14 +23,13 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float, PRNGKeyArray
 
+from ._mcmc import check_kernel, run_chain
+from ._validation import FixedPointCheck, check_fixed_point  # re-exported: their home until 0.1
 from .free_energy import FreeEnergy
 
-__all__ = ["GibbsSamples", "FixedPoint", "FixedPointCheck", "GibbsNormalizer", "sample_gibbs", "sample_fixed_point",
-           "check_fixed_point", "gibbs_log_normalizer"]
+__all__ = ["GibbsSamples", "FixedPoint", "GibbsNormalizer", "sample_gibbs", "sample_fixed_point",
+           "gibbs_log_normalizer"]
 
-KERNELS = ("nuts", "hmc", "mala")
-# MALA's step size is tuned during warmup by Robbins–Monro on log h towards this acceptance.
-MALA_TARGET_ACCEPTANCE = 0.574
 # Draws used for the Jacobian (the covariance of the features) in a Newton step.
 _JACOBIAN_DRAWS = 4096
 # Batch means for the Monte Carlo standard error of E_G[σ].
@@ -63,53 +62,16 @@ class FixedPoint(NamedTuple):
     kernel: str
 
 
-def _mala_warmup(logdensity, key, x0, num_warmup):
-    def step(carry, k):
-        state, log_h, t = carry
-        new, info = blackjax.mala(logdensity, jnp.exp(log_h)).step(k, state)
-        gamma = (t + 10.0) ** -0.6
-        return (new, log_h + gamma * (info.acceptance_rate - MALA_TARGET_ACCEPTANCE), t + 1.0), None
-
-    state = blackjax.mala(logdensity, 0.1).init(x0)
-    init = (state, jnp.log(jnp.asarray(0.1, x0.dtype)), jnp.asarray(0.0, x0.dtype))
-    (state, log_h, _), _ = jax.lax.scan(step, init, jax.random.split(key, num_warmup))
-    return state, jnp.exp(log_h)
-
-
-def _one_chain(logdensity, kernel, key, x0, num_warmup, num_samples, num_integration_steps):
-    k_warm, k_draw = jax.random.split(key)
-    if kernel == "mala":
-        state, h = _mala_warmup(logdensity, k_warm, x0, num_warmup)
-        algo = blackjax.mala(logdensity, h)
-    else:
-        extra = {} if kernel == "nuts" else {"num_integration_steps": num_integration_steps}
-        base = blackjax.nuts if kernel == "nuts" else blackjax.hmc
-        (state, params), _ = blackjax.window_adaptation(base, logdensity, **extra).run(k_warm, x0, num_warmup)
-        algo = base(logdensity, **(extra | params))
-        h = params["step_size"]
-
-    def step(state, k):
-        state, info = algo.step(k, state)
-        energy = getattr(info, "energy", jnp.nan)
-        diverging = getattr(info, "is_divergent", jnp.asarray(False))
-        return state, (state.position, info.acceptance_rate, diverging, jnp.asarray(energy, x0.dtype))
-
-    _, (pos, acc, div, energy) = jax.lax.scan(step, state, jax.random.split(k_draw, num_samples))
-    return pos, acc, div, energy, h
-
-
 def _gibbs_runner(fe: FreeEnergy, kernel: str, num_warmup: int, num_samples: int, num_integration_steps: int):
-    if kernel not in KERNELS:
-        raise ValueError(f"kernel must be one of {KERNELS}, got {kernel!r}")
+    check_kernel(kernel)
 
     @jax.jit
     def run(key, output, init):
         logdensity = fe.gibbs_logdensity(output)
         keys = jax.random.split(key, init.shape[0])
-        pos, acc, div, energy, h = jax.vmap(
-            lambda k, x: _one_chain(logdensity, kernel, k, x, num_warmup, num_samples, num_integration_steps)
-        )(keys, init)
-        return GibbsSamples(pos, acc, div, energy, h)
+        d = jax.vmap(lambda k, x: run_chain(logdensity, kernel, k, x, num_warmup, num_samples,
+                                            num_integration_steps))(keys, init)
+        return GibbsSamples(d.position, d.acceptance, d.diverging, d.energy, d.step_size)
 
     return run
 
@@ -215,59 +177,6 @@ def sample_fixed_point(fe: FreeEnergy, key: PRNGKeyArray, num_chains: int = 4, n
     return FixedPoint(samples=gs.samples, output=g, residuals=np.asarray(residuals), converged=converged,
                       outputs=np.stack(outputs), mc_errors=np.asarray(errors), acceptance=gs.acceptance,
                       diverging=gs.diverging, energy=gs.energy, step_size=gs.step_size, kernel=kernel)
-
-
-class FixedPointCheck(NamedTuple):
-    """``check_fixed_point``: is a particle cloud the fixed point ρ* = G[ρ]?"""
-
-    passed: bool
-    output_error: float
-    output_threshold: float
-    w2: float
-    w2_floor: float
-    rhat: float
-    reason: str
-    samples: Float[Array, "c s d"]
-
-
-def check_fixed_point(fe: FreeEnergy, key: PRNGKeyArray, particles: Float[Array, "n d"], *, num_chains: int = 4,
-                      num_warmup: int = 400, num_samples: int = 500, kernel: str = "nuts") -> FixedPointCheck:
-    """Sample G[f_particles] with MCMC and compare it with the particles themselves.
-
-    Three checks, all required to pass:
-      1. output: ‖f_particles − E_G[σ]‖ ≤ 3 sqrt(‖se_G‖² + ‖se_N‖²), the two Monte Carlo
-         standard errors (draws, and the N particles' own sampling error sd_p/√N);
-      2. W2(particles, draws) ≤ 1.5 × the noise floor W2(draws half A, draws half B), both
-         between clouds of the same size min(N, S/2);
-      3. R-hat with the particles as one more chain (length min(N, draws)) < 1.05.
-    """
-    particles = fe._check_particles(particles)
-    from .diagnostics._divergence import w2
-
-    f = fe.output(particles)
-    init = particles[jnp.linspace(0, particles.shape[0] - 1, num_chains).astype(int)]
-    gs = sample_gibbs(fe, key, f, init, num_warmup=num_warmup, num_samples=num_samples, kernel=kernel)
-    g, se_g, _ = _moments(fe, gs.samples)
-    sd_n = jnp.std(fe.features(particles[:: max(1, particles.shape[0] // _JACOBIAN_DRAWS)], fe.x), axis=0)
-    se_n = sd_n / math.sqrt(particles.shape[0])
-    err = float(jnp.linalg.norm(f - g))
-    threshold = 3.0 * math.sqrt(float(jnp.sum(se_g**2) + jnp.sum(se_n**2)))
-    draws = np.asarray(gs.samples.reshape(-1, fe.dim))
-    rng = np.random.default_rng(0)
-    draws = draws[rng.permutation(len(draws))]
-    m = min(particles.shape[0], len(draws) // 2)
-    w2_pd = w2(np.asarray(particles)[rng.permutation(particles.shape[0])[:m]], draws[:m])
-    floor = w2(draws[:m], draws[m:2 * m])
-    length = min(particles.shape[0], num_samples)
-    chains = np.concatenate([np.asarray(gs.samples[:, :length]), np.asarray(particles)[None, :length]], axis=0)
-    from arviz_stats import rhat
-
-    rh = float(np.max(rhat(chains, chain_axis=0, draw_axis=1)))
-    ok_out, ok_w2, ok_rhat = err <= threshold, w2_pd <= 1.5 * floor, rh < 1.05
-    reason = (f"output error {err:.3g} {'<=' if ok_out else '>'} {threshold:.3g} (3 MC s.e.); "
-              f"W2(particles, draws) {w2_pd:.3g} {'<=' if ok_w2 else '>'} 1.5 x floor {floor:.3g}; "
-              f"R-hat {rh:.3f} {'<' if ok_rhat else '>='} 1.05")
-    return FixedPointCheck(bool(ok_out and ok_w2 and ok_rhat), err, threshold, w2_pd, floor, rh, reason, gs.samples)
 
 
 class GibbsNormalizer(NamedTuple):

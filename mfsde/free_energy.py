@@ -269,6 +269,22 @@ class FreeEnergy(eqx.Module):
             return chunk(init, (xc[0], rc[0], wc[0]))[0]
         return jax.lax.scan(chunk, init, (xc, rc, wc))[0]
 
+    def interaction(self, a: Float[Array, "m d"], b: Float[Array, "k d"]) -> Float[Array, "m k"]:
+        """U(a_i, b_j) = (1/P) Σ_p σ(x_p; a_i) σ(x_p; b_j), the interaction kernel of the risk
+        R(ρ) = R_# + 2∫V dρ + ∫∫U dρ dρ between two sets of units, shape (M, K).
+
+        One pass over the data in chunks: memory O((M + K) · chunk + M · K).
+        """
+        a, b = self._check_particles(a), self._check_particles(b)
+        xc, _, wc = self._chunked(max(a.shape[0], b.shape[0]), self.x)
+
+        def chunk(acc, batch):
+            xb, wb = batch
+            return acc + (self.features(a, xb) * wb) @ self.features(b, xb).T, None
+
+        init = jnp.zeros((a.shape[0], b.shape[0]), a.dtype)
+        return jax.lax.scan(chunk, init, (xc, wc))[0] / self.num_data
+
     def grad_prior_logdensity(self, particles: Float[Array, "n d"]) -> Float[Array, "n d"]:
         """∇ log π₀(θ_i) (unconstrained coordinates, Jacobian included), shape (N, D)."""
         return jax.vmap(jax.grad(self.unit.prior_logdensity))(particles)

@@ -163,6 +163,27 @@ class UnitModel(eqx.Module):
                     "sigma(x; theta) must act row by row on x (e.g. no normalisation over rows)"
                 )
 
+    def site_indices(self) -> dict[str, np.ndarray]:
+        """Flat positions of each site's coordinates: site -> integer array of the site's shape.
+
+        The flat vector ravels the sites in sorted name order (``ravel_pytree`` of a dict),
+        not trace order; this map is the way from names to columns of a particle array.
+        """
+        with jax.ensure_compile_time_eval():
+            index = self._unravel(jnp.arange(self.dim, dtype=jnp.float32))
+        return {k: np.rint(np.asarray(index[k])).astype(int) for k in self.site_names}
+
+    def coordinate_names(self) -> list[str]:
+        """A name per flat coordinate, e.g. ``["a", "w[0]", "w[1]", ...]``."""
+        names = [""] * self.dim
+        for site, idx in self.site_indices().items():
+            if idx.ndim == 0:
+                names[int(idx)] = site
+                continue
+            for pos in np.ndindex(idx.shape):
+                names[int(idx[pos])] = f"{site}[{','.join(map(str, pos))}]"
+        return names
+
     def constrain(self, theta: Float[Array, " d"]) -> dict[str, Array]:
         """Named constrained site values T(θ) of one flat unconstrained vector θ."""
         return constrain_fn(self.model, (self.x_probe,), {}, self._unravel(theta))

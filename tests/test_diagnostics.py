@@ -121,7 +121,7 @@ def test_inference_data_sites_groups_round_trip(tmp_path):
     obs = idata["observables"]
     assert set(obs.data_vars) >= {"risk", "free_energy", "kl_to_prior", "mean_sq_norm"}
     assert obs["risk"].shape == (2, traj.ts.shape[0])
-    assert float(idata["constant_data"]["beta"]) == 20.0 and str(idata["constant_data"]["solver"].values) == "Euler"
+    assert float(idata["constant_data"]["beta"]) == 20.0 and str(idata["constant_data"]["solver"].values) == "LeimkuhlerMatthews"
     np.testing.assert_array_equal(idata["observed_data"]["x"].values, np.asarray(x))
     path = mfsde.save(idata, tmp_path / "run" / "idata.nc")
     back = mfsde.load(path)

@@ -51,28 +51,17 @@ def test_nonconvergence_warns(lin):
 
 
 def test_check_fixed_point_linear(lin):
-    """Langevin particles at stationarity pass; a run stopped at t = 0.3 fails all checks."""
+    """Langevin particles at stationarity pass; a run stopped at t = 0.3 fails the snapshot test
+    (no trajectory given: cause "unexplained"). check_fixed_point's causes and calibration are
+    tested in test_validation.py."""
     fe, x, y = lin
     p0 = fe.prior_sample(jax.random.key(3), 1000)
-    done = mfsde.langevin(fe, jax.random.key(4), p0, t1=12.0, dt0=0.01, ts=[12.0]).particles
-    early = mfsde.langevin(fe, jax.random.key(4), p0, t1=0.3, dt0=0.01, ts=[0.3]).particles
+    done = mfsde.langevin(fe, jax.random.key(4), p0, t1=12.0, dt0=0.01, ts=[12.0], diagnostics=False).particles
+    early = mfsde.langevin(fe, jax.random.key(4), p0, t1=0.3, dt0=0.01, ts=[0.3], diagnostics=False).particles
     good = mfsde.check_fixed_point(fe, jax.random.key(5), done)
     bad = mfsde.check_fixed_point(fe, jax.random.key(5), early)
-    assert good.passed, good.reason
-    assert not bad.passed and bad.rhat > 1.05 and bad.w2 > 1.5 * bad.w2_floor, bad.reason
-
-
-def test_check_fixed_point_nonlinear(neuron):
-    """tanh single neuron: Langevin particles run to stationarity pass, a short run fails."""
-    x, y = neuron.make_data(jax.random.key(6), num_data=64, dim=3, noise=0.1)
-    fe = mfsde.FreeEnergy(neuron.make_unit(1.0, 1.0), x, y, beta=20.0)
-    p0 = fe.prior_sample(jax.random.key(7), 800)
-    done = mfsde.langevin(fe, jax.random.key(8), p0, t1=60.0, dt0=0.05, ts=[60.0], diagnostics=False).particles
-    early = mfsde.langevin(fe, jax.random.key(8), p0, t1=0.5, dt0=0.05, ts=[0.5], diagnostics=False).particles
-    good = mfsde.check_fixed_point(fe, jax.random.key(9), done)
-    bad = mfsde.check_fixed_point(fe, jax.random.key(9), early)
-    assert good.passed, good.reason
-    assert not bad.passed, bad.reason
+    assert good.passed and good.cause in ("passes", "finite-N"), good.reason
+    assert not bad.passed and bad.cause == "unexplained" and bad.test.statistic > 10, bad.reason
 
 
 def test_numpyro_nuts_cross_check(lin):

@@ -63,3 +63,9 @@ def test_sgd_bench_smoke(scripts):
     res = scripts.run(["bench/sgd.py", "--smoke"])
     assert res.returncode == 0, res.stdout + res.stderr
     assert "steps/s" in res.stdout and "planted" in res.stdout
+
+
+def test_validation_bench_smoke(scripts):
+    res = scripts.run(["bench/validation.py", "--smoke"])
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "ESS/s" in res.stdout and "LM/Euler" in res.stdout

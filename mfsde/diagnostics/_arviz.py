@@ -11,11 +11,17 @@ __all__ = ["to_inference_data", "save", "load"]
 
 
 def to_inference_data(traj, fe):
-    """A Langevin ``Trajectory`` or a ``FixedPoint`` (``sample_fixed_point``) as an ArviZ DataTree.
+    """A ``Trajectory``, a ``FixedPoint`` (``sample_fixed_point``) or a ``ParticlePosterior``
+    (``sample_particle_posterior``) as an ArviZ DataTree.
 
     For a FixedPoint: ``posterior`` holds the MCMC draws of ρ* (chain, draw, *site_shape),
     ``sample_stats`` diverging, acceptance_rate, step_size and energy, ``iterations`` the
     relative residual, Monte Carlo error and output E_G[σ] of every round.
+
+    For a ParticlePosterior: ``posterior`` holds the draws of the N-particle network,
+    site -> (chain, draw, particle, *site_shape); ``sample_stats`` as above plus
+    n_steps (leapfrog steps per draw); ``observables`` the risk R(f_N) and mean_sq_norm
+    (1/N) Σ‖θ_i‖² of every draw, name -> (chain, draw).
 
     Groups:
       - ``posterior``: the final particles as draws, one chain per replicate run (a single
@@ -27,8 +33,13 @@ def to_inference_data(traj, fe):
     """
     from arviz_base import from_dict
 
-    if hasattr(traj, "residuals"):
+    from ..fixed_point import FixedPoint
+    from ..particle_posterior import ParticlePosterior
+
+    if isinstance(traj, FixedPoint):
         return _fixed_point_tree(traj, fe)
+    if isinstance(traj, ParticlePosterior):
+        return _particle_posterior_tree(traj, fe)
     particles = np.asarray(traj.particles)
     if particles.ndim == 2:
         particles = particles[None]
@@ -54,7 +65,23 @@ def to_inference_data(traj, fe):
     obs = xr.Dataset({k: (("chain", "time"), v) for k, v in observables.items()},
                      coords={"chain": np.arange(particles.shape[0]), "time": ts})
     tree["observables"] = xr.DataTree(obs)
+    scales = _law_scales(fe, particles, observables)
+    if scales:
+        tree["observable_scales"] = xr.DataTree(xr.Dataset({k: ((), v) for k, v in scales.items()}))
     return tree
+
+
+def _law_scales(fe, particles, observables) -> dict[str, float]:
+    """Finite-N noise level of the recorded law moments at the final particles (mean over
+    runs, in the flat coordinates the moments use): what ``convergence`` compares a slow
+    observable's wandering with."""
+    from ._moments import LawMoments
+
+    moments = LawMoments.of(fe.unit)
+    import jax.numpy as jnp
+
+    per_run = [moments.scales(jnp.asarray(particles[r])) for r in range(particles.shape[0])]
+    return {k: float(np.mean([float(s[k]) for s in per_run])) for k in per_run[0] if k in observables}
 
 
 def _site_dims(fe):
@@ -85,6 +112,35 @@ def _fixed_point_tree(fp, fe):
                      "mc_error": (("iteration",), np.asarray(fp.mc_errors)),
                      "output": (("iteration", "obs_id"), np.asarray(fp.outputs))})
     tree["iterations"] = xr.DataTree(it)
+    return tree
+
+
+def _particle_posterior_tree(pp, fe):
+    import jax
+    from arviz_base import from_dict
+
+    samples = np.asarray(pp.samples)
+    chains, draws, n, d = samples.shape
+    flat = fe.unflatten(samples.reshape(-1, d))
+    posterior = {k: np.asarray(v).reshape((chains, draws, n) + np.shape(v)[1:]) for k, v in flat.items()}
+    dims = {name: ["particle"] + dims for name, dims in _site_dims(fe).items()}
+    stats = {"diverging": np.asarray(pp.diverging, bool), "acceptance_rate": np.asarray(pp.acceptance),
+             "energy": np.asarray(pp.energy), "n_steps": np.asarray(pp.num_integration_steps),
+             "step_size": np.broadcast_to(np.asarray(pp.step_size)[:, None], (chains, draws))}
+    thetas = pp.samples.reshape(-1, n, d)
+    risk = np.asarray(jax.lax.map(fe.risk, thetas)).reshape(chains, draws)
+    sq = np.asarray(jax.numpy.mean(jax.numpy.sum(thetas**2, axis=2), axis=1)).reshape(chains, draws)
+    x = np.asarray(fe.x)
+    tree = from_dict(
+        {"posterior": posterior, "sample_stats": stats,
+         "constant_data": {"beta": np.asarray(fe.beta), "kernel": np.asarray(pp.kernel),
+                           "num_particles": np.asarray(n)},
+         "observed_data": {"x": x, "y": np.asarray(fe.y)}},
+        dims=dims | {"x": ["obs_id"] + [f"x_dim_{i}" for i in range(x.ndim - 1)], "y": ["obs_id"]},
+    )
+    obs = xr.Dataset({"risk": (("chain", "draw"), risk), "mean_sq_norm": (("chain", "draw"), sq)},
+                     coords={"chain": np.arange(chains), "draw": np.arange(draws)})
+    tree["observables"] = xr.DataTree(obs)
     return tree
 
 

@@ -11,9 +11,11 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float, PRNGKeyArray
 
+from ..diagnostics._moments import LawMoments
 from ..free_energy import FreeEnergy
+from ..particle_posterior import stein_residual
 from ._core import Trajectory
-from ._langevin import _unit_schedule
+from ._langevin import _STEIN_SEED, _unit_schedule
 
 __all__ = ["sgd"]
 
@@ -50,22 +52,26 @@ class _SGDStep(eqx.Module):
         return theta
 
 
-def _observe(fe, extra, theta, theta0):
+def _observe(fe, extra, theta, theta0, stein_key=None):
     out = {"risk": fe.risk(theta), "mean_sq_norm": jnp.mean(jnp.sum(theta**2, axis=1)),
            "max_displacement": jnp.max(jnp.linalg.norm(theta - theta0, axis=1))}
+    out.update(LawMoments.of(fe.unit)(theta))
+    if stein_key is not None:
+        out["stein_residual"], out["stein_curvature"] = stein_residual(fe, theta, stein_key)
     for name, fn in extra:
         out[name] = fn(theta)
     return out
 
 
 @eqx.filter_jit
-def _run_block(step, extra, theta, theta0, key, k0, n):
+def _run_block(step, extra, theta, theta0, key, k0, n, stein):
     def body(i, th):
         k = k0 + i
         return step(k, th, jax.random.fold_in(key, k))
 
     theta = jax.lax.fori_loop(0, n, body, theta)
-    return theta, _observe(step.fe, extra, theta, theta0)
+    stein_key = jax.random.fold_in(jax.random.key(_STEIN_SEED), k0 + n) if stein else None
+    return theta, _observe(step.fe, extra, theta, theta0, stein_key)
 
 
 def sgd(fe: FreeEnergy, key: PRNGKeyArray, particles0: Float[Array, "n d"], num_steps: int, step_size: float,
@@ -107,7 +113,10 @@ def sgd(fe: FreeEnergy, key: PRNGKeyArray, particles0: Float[Array, "n d"], num_
 
     Returns:
         ``Trajectory`` with ts = k η at the saves, the final particles and observables
-        risk, mean_sq_norm, max_displacement = max_i ‖θ_i − θ_i(0)‖ (laziness).
+        risk, mean_sq_norm, max_displacement = max_i ‖θ_i − θ_i(0)‖ (laziness), the law's
+        moments (``LawMoments``) and, with noise and the prior drift,
+        stein_residual / stein_curvature (``mfsde.stein_residual``; its time average is the
+        step-size and minibatch bias of the chain's stationary law, ``mfsde.stein_test``).
     """
     if not isinstance(fe, FreeEnergy):
         raise TypeError(f"fe must be a mfsde.FreeEnergy, got {type(fe).__name__}")
@@ -138,11 +147,13 @@ def sgd(fe: FreeEnergy, key: PRNGKeyArray, particles0: Float[Array, "n d"], num_
         progress = num_steps >= 5000
     from tqdm.auto import tqdm
 
+    # the Stein residual is zero-mean under p_N, the law noisy full-drift SGD approximates
+    stein = noise and prior_drift
     theta = particles0
-    saves = [_observe(fe, extra, theta, particles0)]
+    saves = [_observe(fe, extra, theta, particles0, jax.random.key(_STEIN_SEED) if stein else None)]
     ks = [0]
     for n in tqdm(blocks, desc="sgd", disable=not progress):
-        theta, obs = _run_block(step, extra, theta, particles0, key, jnp.asarray(ks[-1]), n)
+        theta, obs = _run_block(step, extra, theta, particles0, key, jnp.asarray(ks[-1]), n, stein)
         saves.append(obs)
         ks.append(ks[-1] + n)
     observables_out = {name: jnp.stack([s[name] for s in saves]) for name in saves[0]}

@@ -1,0 +1,475 @@
+"""Is a particle cloud the stationary law? A self-consistency test that is exact at finite N.
+
+Write U(θ, θ') = ⟨σ(θ), σ(θ')⟩ (⟨u, v⟩ = (1/P) Σ_p u_p v_p: ``FreeEnergy.interaction``),
+a = β/P, and G[f] ∝ π₀ exp(−βΨ(·; f)). Under the N-particle stationary law p_N
+(``mfsde.particle_posterior``) each particle's conditional law given the others is exactly
+
+    G_i(θ) ∝ G[f_N](θ) · exp((β/N) [U(θ_i, θ) − ½ U(θ, θ)]),
+
+(expand βN·½R(f_N) with f_N = F_i + σ(θ_i)/N around the others' F_i). Hence, for any test
+function h, E_{p_N}[(1/N) Σ_i h(θ_i) − (1/N) Σ_i E_{G_i}[h]] = 0: the residual
+r_h = h̄_N − E_mix[h], mix = (1/N) Σ_i G_i, has mean zero at every N. E_mix is computed from
+draws of G[f_N] by importance weights (the exact mixture, not an expansion in 1/N). Its
+difference from E_{G[f_N]}[h], the plain mean-field residual, is the O(β/N) self-interaction
+term that separates the N-particle law from ρ*.
+
+Its fluctuation (linear response around the fixed point; exact for the linear unit, where
+Var(θ̄ − E_{G[f_N]}θ) = (s²/N)(I + βs²Σ̂)): for a vector of test functions Φ,
+
+    Cov(r_Φ) = (1/N) [Cov(Φ) + a Σ_p Cov(Φ, σ_p) Cov(σ_p, Φ)] + Σ_MC,
+
+Σ_MC the Monte Carlo error of E_mix from the draws (Cov(Φ)/ESS per component). The second
+term is why a threshold of sd/√N is wrong: the Gibbs map amplifies output fluctuations
+along the stiff directions of the data by up to 1 + aλ_max(Cov σ). The test statistic
+T = rᵀ Cov(r)⁻¹ r is χ² with dim(Φ) degrees of freedom under the null.
+
+Φ: the particles' output along the top principal directions of Cov_G(σ) (what the data
+constrain), every unconstrained coordinate θ_j (16 random projections when D > 32), and each
+site's mean square ‖θ_s‖² (what slow marginals move).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jaxtyping import Array, Float, PRNGKeyArray
+
+from .free_energy import FreeEnergy
+
+__all__ = ["SelfConsistency", "self_consistency", "SteinTest", "stein_test", "FixedPointCheck", "check_fixed_point",
+           "CAUSES", "MAX_COORDINATES", "NUM_PROJECTIONS"]
+
+# Every coordinate is a test function up to this D; above it, NUM_PROJECTIONS random ones.
+MAX_COORDINATES = 32
+NUM_PROJECTIONS = 16
+# Draws used for the covariance terms and the principal directions of the output.
+_COVARIANCE_DRAWS = 1000
+# Particle rows per block when forming the (N, S) importance log-weights.
+_WEIGHT_BLOCK = 512
+# What check_fixed_point can name as the cause of its verdict.
+CAUSES = ("passes", "finite-N", "not stationary", "time-step bias", "unexplained")
+# A snapshot failure is put down to the time step when halving dt0 shrinks the worst |z| by
+# this factor; a Stein failure is, unless halving dt0 raises the residual by this many s.e.
+_DT_SHRINK = 1.5
+_DT_CONTRADICTS = 2.0
+
+
+class SelfConsistency(NamedTuple):
+    """The finite-N self-consistency statistic of a particle cloud against draws of G[f_N].
+
+    statistic, p_value: T = rᵀ Cov(r)⁻¹ r and its χ²(dof) tail probability, with r the
+    exact finite-N residual; mean_field_statistic, mean_field_p_value: the same for the
+    plain residual h̄_N − E_{G[f_N]}[h] (which carries the O(β/N) self-interaction term).
+    z, mean_field_z: per-component z-scores, named by ``components``. output_error:
+    ‖f_N − E_mix[σ]‖ over the data; output_scale: its null root-mean-square. weight_ess:
+    the smallest effective sample size of the N importance weightings (of S draws).
+    mc_fraction: per component, the share of Var(r) that is the Monte Carlo error of
+    E_mix from the draws (the rest is the particles' own finite-N fluctuation); more
+    draws shrink only this share. sd: per component, the null standard deviation of r
+    (z = r / sd).
+    """
+
+    statistic: float
+    dof: int
+    p_value: float
+    mean_field_statistic: float
+    mean_field_p_value: float
+    components: tuple[str, ...]
+    z: np.ndarray
+    mean_field_z: np.ndarray
+    output_error: float
+    output_scale: float
+    weight_ess: float
+    mc_fraction: np.ndarray
+    sd: np.ndarray
+
+
+def _self_interaction(fe: FreeEnergy, thetas: Array) -> Array:
+    """U(θ, θ) = ⟨σ(θ), σ(θ)⟩ for each row, chunked over the data: shape (M,)."""
+    xc, _, wc = fe._chunked(thetas.shape[0], fe.x)
+
+    def chunk(acc, batch):
+        xb, wb = batch
+        return acc + jnp.sum(fe.features(thetas, xb) ** 2 * wb, axis=1), None
+
+    return jax.lax.scan(chunk, jnp.zeros(thetas.shape[0], thetas.dtype), (xc, wc))[0] / fe.num_data
+
+
+def _mixture_weights(fe: FreeEnergy, particles: Array, draws: Array) -> tuple[Array, Array]:
+    """W_s = (1/N) Σ_i w_is with w_i ∝ exp((β/N)[U(θ_i, θ_s) − ½U(θ_s, θ_s)]) normalised over s;
+    and the effective sample size 1/Σ_s w_is² of each row, shape (N,)."""
+    n = particles.shape[0]
+    c = fe.beta / n
+    half_self = 0.5 * _self_interaction(fe, draws)
+    blocks = -(-n // _WEIGHT_BLOCK)
+    pad = blocks * _WEIGHT_BLOCK - n
+    rows = jnp.concatenate([particles, jnp.broadcast_to(particles[:1], (pad, particles.shape[1]))])
+    valid = (jnp.arange(blocks * _WEIGHT_BLOCK) < n).reshape(blocks, _WEIGHT_BLOCK)
+
+    def block(args):
+        theta, ok = args
+        w = jax.nn.softmax(c * (fe.interaction(theta, draws) - half_self[None]), axis=1)
+        return jnp.sum(w * ok[:, None], axis=0), 1.0 / jnp.sum(w**2, axis=1)
+
+    total, ess = jax.lax.map(block, (rows.reshape(blocks, _WEIGHT_BLOCK, -1), valid))
+    return total.sum(0) / n, ess.reshape(-1)[:n]
+
+
+def _max_abs_normal_p(t: float, m: int) -> float:
+    """Bonferroni p-value of max_j |z_j| = t over m standard normal components."""
+    return float(min(1.0, m * math.erfc(t / math.sqrt(2.0))))
+
+
+@eqx.filter_jit
+def _output_directions(fe: FreeEnergy, sub: Array) -> tuple[Array, Array, Array]:
+    """Principal directions of Cov_G(σ) from the centred interaction matrix of the draws
+    (for a centred eigenvector α, α ⊥ 1, the output's component is αᵀ U(sub, θ)):
+    (U_c, eigenvalues ascending, eigenvectors)."""
+    m_sub = sub.shape[0]
+    centre = jnp.eye(m_sub, dtype=sub.dtype) - 1.0 / m_sub
+    u_centred = centre @ fe.interaction(sub, sub) @ centre
+    lam, vec = jnp.linalg.eigh(u_centred)
+    return u_centred, lam, vec
+
+
+@eqx.filter_jit
+def _residual_parts(fe: FreeEnergy, particles: Array, flat: Array, sub: Array, u_centred: Array, alpha: Array,
+                    proj: Array, site_cols: tuple[tuple[int, ...], ...]):
+    """The test functions Φ on the draws, the exact and mean-field residuals, the two
+    covariance terms of Var(r), the importance weights' ESS, f_N and E_mix[σ]."""
+    cols = [np.asarray(c) for c in site_cols]
+    # log(1 + ‖θ_s‖²/c_s), c_s the draws' median of ‖θ_s‖²: the spread of a site, with
+    # log tails (‖θ_s‖² itself is heavy-tailed when a marginal is a wide mixture, and its
+    # mean over N particles or S draws is then far from Gaussian).
+    spread_scale = jnp.stack([jnp.median(jnp.sum(flat[:, c] ** 2, axis=1)) for c in cols])
+
+    def phi(z):
+        sq = jnp.stack([jnp.sum(z[:, c] ** 2, axis=1) for c in cols], axis=1)
+        return jnp.concatenate([fe.interaction(z, sub) @ alpha, z @ proj, jnp.log1p(sq / spread_scale)], axis=1)
+
+    m_sub = sub.shape[0]
+    phi_p, phi_d = phi(particles), phi(flat)
+    weights, weight_ess = _mixture_weights(fe, particles, flat)
+    mean_p = phi_p.mean(0)
+    r = mean_p - weights @ phi_d
+    r_mf = mean_p - phi_d.mean(0)
+    phi_sub = phi(sub)
+    pc = phi_sub - phi_sub.mean(0)
+    cov = pc.T @ pc / m_sub
+    amplified = fe.beta * (pc.T @ u_centred @ pc) / m_sub**2
+    return (phi_d, r, r_mf, cov, amplified, weight_ess, fe.output(particles),
+            _mixture_output(fe, flat, weights))
+
+
+def self_consistency(fe: FreeEnergy, particles: Float[Array, "n d"], draws: Float[Array, "c s d"],
+                     key: PRNGKeyArray | None = None, num_output_components: int = 4) -> SelfConsistency:
+    """The finite-N self-consistency statistic of ``particles`` given draws of G[f_particles].
+
+    ``draws`` (chains, draws, D) must sample G[f_N] with f_N = ``fe.output(particles)``
+    (MCMC chains, or exact independent draws as one chain); their autocorrelation enters
+    through ArviZ's effective sample size of each test function. See the module docstring
+    for the statistic and its null distribution. ``key`` picks the random projections
+    used when D > ``MAX_COORDINATES``.
+    """
+    from arviz_stats import ess
+
+    particles = fe._check_particles(particles)
+    draws = jnp.asarray(draws, particles.dtype)
+    if draws.ndim != 3 or draws.shape[-1] != fe.dim:
+        raise ValueError(f"draws must have shape (chains, draws, {fe.dim}), got {draws.shape}")
+    n = particles.shape[0]
+    if n < 2:
+        raise ValueError(f"the self-consistency test needs at least 2 particles, got {n}")
+    chains, per_chain, d = draws.shape
+    flat = draws.reshape(-1, d)
+    s = flat.shape[0]
+    sub = flat[np.unique(np.linspace(0, s - 1, min(s, _COVARIANCE_DRAWS)).astype(int))]
+    m_sub = sub.shape[0]
+
+    u_centred, lam, vec = _output_directions(fe, sub)
+    keep = np.flatnonzero(np.asarray(lam) > 1e-10 * float(lam[-1]))[::-1][:num_output_components]
+    alpha = vec[:, keep]
+
+    if d <= MAX_COORDINATES:
+        proj = jnp.eye(d, dtype=particles.dtype)
+        proj_names = fe.unit.coordinate_names()
+    else:
+        key = jax.random.key(0) if key is None else key
+        proj = jnp.linalg.qr(jax.random.normal(key, (d, NUM_PROJECTIONS), particles.dtype))[0]
+        proj_names = [f"projection[{j}]" for j in range(NUM_PROJECTIONS)]
+    sites = fe.unit.site_indices()
+    names = tuple([f"output PC{j + 1}" for j in range(len(keep))] + proj_names
+                  + [f"spread of {k}" for k in sites])
+    site_cols = tuple(tuple(int(i) for i in np.atleast_1d(idx).reshape(-1)) for idx in sites.values())
+    phi_d, r, r_mf, cov, amplified, weight_ess, f_n, g_mix = _residual_parts(fe, particles, flat, sub, u_centred,
+                                                                           alpha, proj, site_cols)
+    ess_j = np.asarray(ess(np.asarray(phi_d).reshape(chains, per_chain, -1), method="mean"), np.float64)
+    ess_j = np.clip(np.nan_to_num(ess_j, nan=1.0), 1.0, s)
+    var_mc = jnp.diag(cov) / jnp.asarray(ess_j, cov.dtype)
+    var = (jnp.diag(cov) + jnp.diag(amplified)) / n + var_mc
+    sd = np.sqrt(np.asarray(var))
+    z, z_mf = np.asarray(r) / sd, np.asarray(r_mf) / sd
+    m = len(names)
+    t, t_mf = float(np.max(np.abs(z))), float(np.max(np.abs(z_mf)))
+
+    out_var = (jnp.trace(u_centred) / m_sub + fe.beta * jnp.sum(u_centred**2) / m_sub**2) * fe.num_data / n
+    return SelfConsistency(t, m, _max_abs_normal_p(t, m), t_mf, _max_abs_normal_p(t_mf, m), names, z, z_mf,
+                           float(jnp.linalg.norm(f_n - g_mix)), float(jnp.sqrt(out_var)),
+                           float(jnp.min(weight_ess)), np.asarray(var_mc / var), sd)
+
+
+def _mixture_output(fe: FreeEnergy, draws: Array, weights: Array) -> Array:
+    """Σ_s W_s σ(x; θ_s) on the data, chunked: E_mix[σ], shape (P,)."""
+    xc, _, _ = fe._chunked(draws.shape[0], fe.x)
+    out = jax.lax.map(lambda xb: weights @ fe.features(draws, xb), xc)
+    return out.reshape(-1)[: fe.num_data]
+
+
+
+class SteinTest(NamedTuple):
+    """Time average of the in-run Stein residual over a run's stationary part (second half).
+
+    mean ± se (ESS-based, pooled over replicate runs), z = mean / se, and the
+    configurational temperature 1 + mean / mean(curvature) along the data's directions
+    (1 under the exact stationary law). dt0: the run's step size.
+    """
+
+    mean: float
+    se: float
+    z: float
+    temperature: float
+    ess: float
+    dt0: float
+
+
+class FixedPointCheck(NamedTuple):
+    """``check_fixed_point``: is a particle cloud the stationary law of its dynamics, and why not.
+
+    passed: consistent with the exact N-particle stationary law (and, given a trajectory,
+    the run shows stationarity and no integrator bias). cause: one of ``CAUSES``. reason:
+    the verdict in words, with the numbers. test: the snapshot ``SelfConsistency``
+    statistic; stein: the trajectory's ``SteinTest`` (None without one); convergence: the
+    run's ``mfsde.convergence`` verdict (None without a trajectory); half_step: the
+    ``SteinTest`` (or, when only the snapshot failed, the ``SelfConsistency``) after
+    continuing the run at dt0/2, when that diagnosis ran. samples: the MCMC draws of
+    G[f_N] (chains, draws, D).
+    """
+
+    passed: bool
+    cause: str
+    reason: str
+    test: SelfConsistency
+    stein: SteinTest | None
+    convergence: object
+    half_step: object
+    samples: Array
+
+    @property
+    def output_error(self) -> float:
+        return self.test.output_error
+
+
+def _draws_for(fe, key, particles, num_chains, num_warmup, num_samples, kernel):
+    from .fixed_point import sample_gibbs
+
+    f = fe.output(particles)
+    init = particles[np.linspace(0, particles.shape[0] - 1, num_chains).astype(int)]
+    return sample_gibbs(fe, key, f, init, num_warmup=num_warmup, num_samples=num_samples, kernel=kernel).samples
+
+
+def _worst(test: SelfConsistency, mean_field: bool = False) -> str:
+    z = test.mean_field_z if mean_field else test.z
+    j = int(np.argmax(np.abs(z)))
+    return f"{test.components[j]}: z = {z[j]:+.2f}"
+
+
+def _solver_named(name: str):
+    import diffrax
+
+    from .dynamics import LeimkuhlerMatthews
+
+    if name == "LeimkuhlerMatthews":
+        return LeimkuhlerMatthews()
+    cls = getattr(diffrax, name, None)
+    return cls() if isinstance(cls, type) else None
+
+
+def stein_test(traj, burn_in: float = 0.5) -> SteinTest | None:
+    """``SteinTest`` of a trajectory that saved ``stein_residual`` (langevin's diagnostics).
+
+    Uses the saves after the first ``burn_in`` of the run on its final uniform time grid
+    (the stationary part ``mfsde.convergence`` judges), all replicate runs pooled; the
+    standard error is sd/√ESS with ArviZ's ESS. None when the run did not record it.
+    """
+    from .diagnostics._convergence import _ess, _uniform_saves
+
+    obs = traj.observables
+    if "stein_residual" not in obs:
+        return None
+    ts = np.asarray(traj.ts, np.float64)
+    res = np.asarray(obs["stein_residual"], np.float64)
+    curv = np.asarray(obs["stein_curvature"], np.float64)
+    res, curv = (a[None] if a.ndim == 1 else a for a in (res, curv))
+    keep = _uniform_saves(ts)
+    ts, res, curv = ts[keep], res[:, keep], curv[:, keep]
+    part = ts >= ts[0] + burn_in * (ts[-1] - ts[0])
+    res, curv = res[:, part], curv[:, part]
+    if res.shape[1] < 4 or not np.all(np.isfinite(res)):
+        return None
+    ess = _ess(res)
+    mean, se = float(res.mean()), float(res.std(ddof=1) / math.sqrt(ess))
+    z = mean / se if se > 0 else 0.0
+    return SteinTest(mean, se, z, 1.0 + mean / float(curv.mean()), ess, float(dict(traj.info).get("dt0", float("nan"))))
+
+
+def check_fixed_point(fe: FreeEnergy, key: PRNGKeyArray, particles, *, num_chains: int = 4, num_warmup: int = 400,
+                      num_samples: int = 500, kernel: str = "nuts", level: float = 0.01, replicate: int = 0,
+                      diagnose: bool = True, diagnose_time: float | None = None,
+                      num_output_components: int = 4) -> FixedPointCheck:
+    """Is a particle cloud the stationary law of the mean-field dynamics at its N? If not, why?
+
+    Two exact finite-N tests, Bonferroni-combined at ``level``:
+
+    - snapshot (``self_consistency``): samples G[f_N] (f_N the particles' output) with
+      BlackJAX; z-scores of the residuals h̄_N − E_mix[h] of a set of test functions,
+      exactly mean zero under the N-particle stationary law p_N, standard deviations from
+      linear response. Sees particles whose marginals or output are off (runs stopped
+      early, wrong dynamics);
+    - given a trajectory with langevin's diagnostics: the time average of the Stein
+      residual (``stein_test``, ``mfsde.stein_residual``) over the run's stationary part,
+      exactly zero under p_N. Sees the integrator's bias, which heats the stiff data
+      directions without breaking self-consistency.
+
+    ``particles`` is an (N, D) array or a ``Trajectory`` (its final particles, replicate
+    ``replicate`` of a batched run). Given a trajectory the verdict also needs the run to
+    show stationarity (``mfsde.convergence``). The cause named is
+
+    - "passes": consistent with p_N, and the plain residual against G[f_N] (the mean-field
+      fixed point's self-consistency) is within noise too;
+    - "finite-N": consistent with p_N (``passed``), but the plain residual is not: the
+      O(β/N) self-interaction term separates the N-particle law from ρ*;
+    - "not stationary": the run has not shown stationarity (slowest observable, its
+      integrated autocorrelation time and the run's length in the reason);
+    - "time-step bias": the run is stationary but its Stein residual is not zero (only the
+      invariant law of the discretised dynamics, not a transient, can do that), unless
+      continuing it for ``diagnose_time`` (default half its length) at dt0/2 raises the
+      residual by > 2 s.e.; or its snapshot fails and that continuation shrinks the worst
+      |z| by ≥ 1.5x. The reason gives the temperature excess at dt0 and dt0/2, their
+      ratio (2 for order 1, 4 for order 2) and dt0 · λ_max (``max_curvature``);
+    - "unexplained": it fails and none of the above is shown (a bare particle array
+      cannot be diagnosed; halving dt0 that does not help points elsewhere).
+    """
+    from .diagnostics import convergence, to_inference_data
+    from .dynamics import Trajectory, langevin, max_curvature
+
+    if not isinstance(fe, FreeEnergy):
+        raise TypeError(f"fe must be a mfsde.FreeEnergy, got {type(fe).__name__}")
+    if math.isinf(fe.beta):
+        raise ValueError("check_fixed_point needs a finite beta (the Gibbs measure is degenerate at beta = inf)")
+    if not 0.0 < level < 1.0:
+        raise ValueError(f"level must be in (0, 1), got {level!r}")
+    traj = particles if isinstance(particles, Trajectory) else None
+    batched = traj is not None and jnp.ndim(traj.particles) == 3
+    if traj is not None:
+        theta = jnp.asarray(traj.particles)
+        if batched:
+            if not 0 <= replicate < theta.shape[0]:
+                raise ValueError(f"replicate must be in [0, {theta.shape[0]}), got {replicate}")
+            theta = theta[replicate]
+    else:
+        theta = particles
+    theta = fe._check_particles(theta)
+    if not bool(jnp.all(jnp.isfinite(theta))):
+        raise ValueError("particles contain non-finite values")
+    k_mcmc, k_test, k_half = jax.random.split(key, 3)
+
+    def snapshot(th, k):
+        draws = _draws_for(fe, k, th, num_chains, num_warmup, num_samples, kernel)
+        return self_consistency(fe, th, draws, key=k_test, num_output_components=num_output_components), draws
+
+    test, draws = snapshot(theta, k_mcmc)
+    stein = stein_test(traj) if traj is not None else None
+    tests = test.dof + (stein is not None)
+    z_crit = float(_normal_isf(0.5 * level / tests))
+    snap_ok = test.statistic <= z_crit
+    stein_ok = stein is None or abs(stein.z) <= z_crit
+    n = theta.shape[0]
+    snap = (f"snapshot max |z| {test.statistic:.2f} over {test.dof} test functions ({_worst(test)})")
+    temp = "" if stein is None else (f"; configurational temperature along the data directions "
+                                     f"{stein.temperature:.4f} (Stein residual z = {stein.z:+.2f})")
+    limit = f"; Bonferroni limit |z| <= {z_crit:.2f} at level {level:g}"
+    stats = snap + temp + limit
+    conv = convergence(to_inference_data(traj, fe)) if traj is not None else None
+    if conv is not None and not conv.converged:
+        return FixedPointCheck(False, "not stationary", f"FAIL (not stationary yet): {conv.reason}. Final particles: "
+                               f"{stats}", test, stein, conv, None, draws)
+    if snap_ok and stein_ok:
+        if test.mean_field_statistic <= z_crit:
+            return FixedPointCheck(True, "passes", f"PASS: consistent with the N = {n} stationary law ({stats}); "
+                                   f"the mean-field residual is within noise too (max |z| "
+                                   f"{test.mean_field_statistic:.2f})", test, stein, conv, None, draws)
+        return FixedPointCheck(True, "finite-N", f"PASS (finite-N): consistent with the N = {n} stationary law "
+                               f"({stats}), but not with the mean-field fixed point itself: the plain residual "
+                               f"against G[f_N] reaches max |z| {test.mean_field_statistic:.2f} "
+                               f"({_worst(test, True)}), the O(beta/N) self-interaction term (beta/N = "
+                               f"{fe.beta / n:.3g}); more particles shrink it", test, stein, conv, None, draws)
+    failed = (f"FAIL: not consistent with the N = {n} stationary law ({stats})")
+    info = dict(traj.info) if traj is not None else {}
+    solver = _solver_named(str(info.get("solver", ""))) if traj is not None else None
+    fixed_step = info.get("controller") in ("ConstantStepSize", None) and "dt0" in info
+    can_halve = diagnose and traj is not None and solver is not None and fixed_step
+    if traj is not None and not stein_ok and not can_halve:
+        step = f"dt0 = {info['dt0']:.3g}" if "dt0" in info else f"step {info.get('step_size', float('nan')):.3g}"
+        return FixedPointCheck(False, "time-step bias", f"FAIL (time-step bias): {stats}; the run is stationary, "
+                               f"and its configurational temperature is not 1: the invariant law of the "
+                               f"discrete chain ({step}) is biased", test, stein, conv, None, draws)
+    if not can_halve:
+        hint = ("pass the Trajectory to check_fixed_point to diagnose the cause" if traj is None
+                else "the run looks stationary; no fixed-step Langevin run to continue at dt0/2")
+        return FixedPointCheck(False, "unexplained", f"{failed}; {hint}", test, stein, conv, None, draws)
+    dt0, t0, t1 = float(info["dt0"]), float(info["t0"]), float(info["t1"])
+    curvature = float(max_curvature(fe, theta))
+    stiffness = f"dt0 * lambda_max = {dt0 * curvature:.3g} (largest drift curvature {curvature:.3g})"
+    span = diagnose_time if diagnose_time is not None else 0.5 * (t1 - t0)
+    final = jnp.asarray(traj.particles)
+    keys = jax.random.split(k_half, final.shape[0]) if batched else k_half
+    cont = langevin(fe, keys, final, t0=t1, t1=t1 + span, dt0=0.5 * dt0, solver=solver, diagnostics=True,
+                    progress=False)
+    if not stein_ok:
+        half = stein_test(cont)
+        se_diff = math.hypot(stein.se, half.se)
+        drop = (stein.mean - half.mean) / se_diff if se_diff > 0 else 0.0
+        ratio = stein.mean / half.mean if half.mean != 0 else float("inf")
+        detail = (f"the temperature excess {stein.temperature - 1:+.3g} (z = {stein.z:+.2f}) at dt0 = {dt0:.3g} is "
+                  f"{half.temperature - 1:+.3g} (z = {half.z:+.2f}) after continuing for {span:.4g} at dt0/2: "
+                  f"ratio {ratio:.3g}, drop {drop:+.2f} s.e. (order 1: ratio 2, order 2: ratio 4); {stiffness}")
+        if drop < -_DT_CONTRADICTS:
+            return FixedPointCheck(False, "unexplained", f"{failed}; the run is stationary, but halving dt0 does not "
+                                   f"reduce the bias ({detail}): not the time step (a wrong drift?)", test, stein,
+                                   conv, half, draws)
+        return FixedPointCheck(False, "time-step bias", f"FAIL (time-step bias): {stats}; a stationary run whose "
+                               f"configurational temperature is not 1 has a biased invariant law; {detail}", test,
+                               stein, conv, half, draws)
+    half_particles = cont.particles[replicate] if batched else cont.particles
+    half, _ = snapshot(half_particles, jax.random.fold_in(k_mcmc, 1))
+    j = int(np.argmax(np.abs(test.z)))
+    z0, z1 = float(test.z[j]), float(half.z[j])
+    if half.statistic <= z_crit or abs(z1) * _DT_SHRINK <= abs(z0):
+        return FixedPointCheck(False, "time-step bias", f"FAIL (time-step bias): {stats}; continued for {span:.4g} at "
+                               f"dt0/2 = {0.5 * dt0:.3g}, {test.components[j]} goes from z = {z0:+.2f} to {z1:+.2f} "
+                               f"(max |z| {half.statistic:.2f}); {stiffness}", test, stein, conv, half, draws)
+    return FixedPointCheck(False, "unexplained", f"{failed}; the run is stationary and halving dt0 does not shrink the "
+                           f"residual ({test.components[j]}: z = {z0:+.2f} -> {z1:+.2f})", test, stein, conv, half,
+                           draws)
+
+
+def _normal_isf(p: float) -> float:
+    """z with P(Z > z) = p for a standard normal Z."""
+    from jax.scipy.special import ndtri
+
+    return float(-ndtri(p))
