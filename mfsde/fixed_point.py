@@ -13,6 +13,7 @@ contraction factor is β s² λ_max(Σ̂).
 
 from __future__ import annotations
 
+import functools
 import math
 import warnings
 from typing import NamedTuple
@@ -62,7 +63,10 @@ class FixedPoint(NamedTuple):
     kernel: str
 
 
+@functools.lru_cache(maxsize=16)
 def _gibbs_runner(fe: FreeEnergy, kernel: str, num_warmup: int, num_samples: int, num_integration_steps: int):
+    # cached: every check_fixed_point / sample_gibbs call with the same settings reuses one
+    # compiled sampler (FreeEnergy hashes by identity)
     check_kernel(kernel)
 
     @jax.jit

@@ -14,9 +14,9 @@ import numpyro.distributions as dist
 
 # Demo settings (`make demo`, numbers in bench/README.md). The slowest observables are the
 # output weights' moments: Ψ is linear in a, so they relax at about the prior's rate
-# 1/(β s_a²); the spread of a has an integrated autocorrelation time ≈ 200, and t1 = 2400
-# gives 4 runs 4 · 1200 / 200 ≈ 24 effective samples of it in the stationary half
-# (mfsde.diagnostics.MIN_ESS = 10). The mean of a is slower (≈ 700, a collective mode) and
+# 1/(β s_a²); the spread of a has an integrated autocorrelation time ≈ 275, and t1 = 2400
+# gives 4 runs 4 · 1200 / 275 ≈ 17 effective samples of it in the stationary half
+# (mfsde.diagnostics.MIN_ESS = 10). The mean of a is slower (≈ 500–950, a collective mode) and
 # is judged against its own finite-N noise. Leimkuhler–Matthews at dt0 = 0.25
 # (dt0 · λ_max ≈ 0.5) keeps the Stein configurational temperature within noise of 1.
 DEFAULTS = dict(dim=16, num_data=1024, num_particles=512, beta=200.0, prior_scale_a=1.0, prior_scale_w=1.0,

@@ -48,6 +48,8 @@ class ScriptRunner:
         if key not in self.procs:
             env = dict(os.environ, **(env or {}))
             env.pop("JAX_ENABLE_X64", None)
+            # smoke runs are compile-bound: XLA's backend at -O0 compiles them ~15% faster
+            env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " --xla_backend_optimization_level=0").strip()
             self.procs[key] = subprocess.Popen([sys.executable, *key], cwd=self.root, env=env,
                                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         return self.procs[key]

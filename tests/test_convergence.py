@@ -76,12 +76,15 @@ def test_stationary_runs_rarely_called_unconverged(neuron):
     fe = mfsde.FreeEnergy(neuron.make_unit(1.0, 1.0), x, y, beta=20.0)
     post = mfsde.sample_particle_posterior(fe, jax.random.key(5), 32, num_chains=4, num_warmup=300,
                                            num_samples=10, thinning=20)
-    starts = np.asarray(post.samples).reshape(-1, 32, 3)           # 40 draws, 20 steps apart
+    starts = jnp.asarray(post.samples).reshape(-1, 32, 3)           # 40 draws, 20 steps apart
+    # all 40 replicates in one vmapped solve; run r is the pair of replicates (2r, 2r + 1)
+    keys = jax.random.split(jax.random.key(100), 40)
+    traj = mfsde.langevin(fe, keys, starts, t1=2000.0, dt0=0.2, progress=False)
     verdicts = []
     for r in range(20):
-        keys = jax.random.split(jax.random.key(100 + r), 2)
-        traj = mfsde.langevin(fe, keys, jnp.asarray(starts[2 * r:2 * r + 2]), t1=2000.0, dt0=0.2, progress=False)
-        verdicts.append(mfsde.convergence(mfsde.to_inference_data(traj, fe)))
+        pair = traj._replace(particles=traj.particles[2 * r:2 * r + 2],
+                             observables={k: v[2 * r:2 * r + 2] for k, v in traj.observables.items()})
+        verdicts.append(mfsde.convergence(mfsde.to_inference_data(pair, fe)))
     failures = [v.reason for v in verdicts if not v.converged]
     assert len(failures) <= 1, failures
 

@@ -75,13 +75,10 @@ def _law_scales(fe, particles, observables) -> dict[str, float]:
     """Finite-N noise level of the recorded law moments at the final particles (mean over
     runs, in the flat coordinates the moments use): what ``convergence`` compares a slow
     observable's wandering with."""
-    from ._moments import LawMoments
+    from ._moments import LawMoments, law_scales_per_run
 
-    moments = LawMoments.of(fe.unit)
-    import jax.numpy as jnp
-
-    per_run = [moments.scales(jnp.asarray(particles[r])) for r in range(particles.shape[0])]
-    return {k: float(np.mean([float(s[k]) for s in per_run])) for k in per_run[0] if k in observables}
+    per_run = law_scales_per_run(LawMoments.of(fe.unit), particles)
+    return {k: float(np.mean(np.asarray(v))) for k, v in per_run.items() if k in observables}
 
 
 def _site_dims(fe):

@@ -31,10 +31,8 @@ __all__ = ["stationarity", "equilibration", "convergence", "summary", "Summary",
 # MCMC chains agree when every site's rank-normalised R-hat is below this.
 RHAT_MAX = 1.05
 # Replicate runs' final clouds are compared on at most this many particles per run, and
-# their R-hat against its 99% point for independent draws of that shape.
+# their R-hat against its 99% point for independent draws of that shape (rhat_threshold).
 _RHAT_DRAWS = 1000
-_RHAT_DIMS = 64
-_RHAT_SIMULATIONS = 200
 # Effective samples the stationary stretch of every observable must hold (pooled over runs).
 MIN_ESS = 10.0
 # Largest fraction of the run that the detected burn-in may take.
@@ -227,9 +225,8 @@ def convergence(idata) -> Convergence:
     ``equilibration`` — its burn-in is in the first half of the run and its stationary
     stretch holds ≥ ``MIN_ESS`` effective samples — and, with two or more replicate runs,
     every site's R-hat of the final particles across runs is within ``rhat_threshold`` (the
-    99% point of R-hat for independent draws of that size: 1.17 for 2 runs of 32 particles,
-    1.005 for 4 runs of 512). The reason
-    names the slowest observable (largest IAT relative to its stretch) with its IAT and
+    99% point of the largest R-hat over the coordinates for independent draws of that size,
+    from the F law of R-hat). The reason names the slowest observable (largest IAT relative to its stretch) with its IAT and
     the run's length, and says whether R-hat could see a drift the replicates share.
     """
     import arviz_stats
@@ -288,16 +285,25 @@ def convergence(idata) -> Convergence:
 @functools.lru_cache(maxsize=64)
 def rhat_threshold(chains: int, draws: int, dims: int, level: float = 0.01) -> float:
     """The (1 − level) quantile of max over ``dims`` coordinates of ArviZ's rank-normalised
-    R-hat for ``chains`` × ``draws`` independent draws of one law: distribution-free (ranks),
-    so it is the exact null of "replicate runs agree" for independent particles, and
-    conservative for interacting ones (their cloud means fluctuate less). By simulation
-    (seed 0, 200 repetitions, at most 64 coordinates)."""
-    from arviz_stats import rhat
+    R-hat for ``chains`` × ``draws`` independent draws of one law.
 
-    rng = np.random.default_rng(0)
-    sims = rng.standard_normal((chains, draws, min(dims, _RHAT_DIMS), _RHAT_SIMULATIONS))
-    worst = np.nanmax(np.asarray(rhat(sims, chain_axis=0, draw_axis=1)), axis=0)
-    return float(np.quantile(worst, 1.0 - level))
+    Rank normalisation makes independent draws Gaussian, and for Gaussian draws the split
+    R-hat (m = 2·chains chains of n = draws // 2) is exactly R̂² = (n − 1)/n + F/n with
+    F ~ F(m − 1, m(n − 1)), the between/within variance ratio. ArviZ's R-hat is the larger
+    of the bulk and the folded statistic, 2·dims of them, taken as independent: the limit is
+    the F quantile at (1 − level)^{1/(2·dims)}. It matches a direct simulation of ArviZ's
+    R-hat within its Monte Carlo error (1.00529 vs 1.00525 for 2 × 1000 draws in 17
+    coordinates); distribution-free (ranks), so it is the exact null of "replicate runs
+    agree" for independent particles, and conservative for interacting ones (their cloud
+    means fluctuate less) and for correlated coordinates.
+    """
+    from scipy.stats import f as f_dist
+
+    m, n = 2 * int(chains), int(draws) // 2
+    if m < 2 or n < 2:
+        return float("inf")
+    q = (1.0 - level) ** (1.0 / (2 * max(int(dims), 1)))
+    return float(math.sqrt((n - 1) / n + f_dist.ppf(q, m - 1, m * (n - 1)) / n))
 
 
 def _start_spread(idata) -> tuple[bool, float, str] | None:

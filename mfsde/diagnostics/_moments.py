@@ -20,11 +20,12 @@ removes at this N.
 from __future__ import annotations
 
 import equinox as eqx
+import jax
 import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float
 
-__all__ = ["LawMoments", "NUM_PROJECTIONS"]
+__all__ = ["LawMoments", "NUM_PROJECTIONS", "law_scales_per_run"]
 
 NUM_PROJECTIONS = 2
 
@@ -76,3 +77,9 @@ class LawMoments(eqx.Module):
             out[f"mean[proj {k}]"] = jnp.std(proj[:, k]) / jnp.sqrt(n)
             out[f"mean_sq[proj {k}]"] = jnp.std(proj[:, k] ** 2) / jnp.sqrt(n)
         return out
+
+
+@eqx.filter_jit
+def law_scales_per_run(moments: LawMoments, particles: Float[Array, "r n d"]) -> dict[str, Array]:
+    """``moments.scales`` of each of R clouds (R, N, D): name -> (R,)."""
+    return jax.vmap(moments.scales)(particles)
