@@ -33,19 +33,10 @@ import numpy as np
 from arviz_stats import ess
 
 import mfsde
+from langevin import timeit  # bench/ is on the path when a bench script runs
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 neuron = mfsde.load_model(ROOT / "models" / "single_neuron.py")
-
-
-def timeit(fn, *args, repeats: int) -> float:
-    jax.block_until_ready(fn(*args))  # compile
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        jax.block_until_ready(fn(*args))
-        times.append(time.perf_counter() - t)
-    return sorted(times)[len(times) // 2]
 
 
 def bench_posterior(n, d, p, beta, warmup, draws):
