@@ -67,7 +67,7 @@ def main():
     print(f"device: {jax.devices()[0].device_kind}; SGD N={args.n} d={args.d} B={args.batch}, {args.steps} steps")
     print(f"sgd: {args.steps / t_sgd:.0f} steps/s; GEMM pair: {args.steps / t_mm:.0f} steps/s; "
           f"sgd/gemm time ratio {t_sgd / t_mm:.2f} (incl. sampling the minibatch and one risk save)")
-    t1 = 40.0
+    t1 = 2.0 if args.smoke else 40.0
     reductions = [
         (f"reduced dynamics, {args.radii} radii", gm.reduced_problem(0.8),
          gm.init_radii(jax.random.key(4), args.radii, args.d), 0.01),

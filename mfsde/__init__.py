@@ -36,14 +36,14 @@ from .dynamics import (
     sgd,
 )
 from .fixed_point import FixedPoint, GibbsNormalizer, gibbs_log_normalizer, sample_fixed_point, sample_gibbs
-from .particle_posterior import ParticlePosterior, sample_particle_posterior
+from .particle_posterior import ParticlePosterior, particle_logdensity, sample_particle_posterior, stein_residual
 from ._validation import FixedPointCheck, SelfConsistency, SteinTest, check_fixed_point, self_consistency, stein_test
 from .free_energy import FreeEnergy
 from .model import UnitModel, load_model
 
 __all__ = ["sample_fixed_point", "check_fixed_point", "self_consistency", "SelfConsistency", "stein_test", "SteinTest", "sample_gibbs",
            "gibbs_log_normalizer", "FixedPoint", "FixedPointCheck", "GibbsNormalizer", "sample_particle_posterior",
-           "ParticlePosterior", "FreeEnergy", "UnitModel", "load_model", "langevin", "LeimkuhlerMatthews",
+           "ParticlePosterior", "particle_logdensity", "stein_residual", "FreeEnergy", "UnitModel", "load_model", "langevin", "LeimkuhlerMatthews",
            "overdispersed_starts", "max_curvature", "sgd", "mckean_vlasov", "schrodinger_bridge", "Trajectory",
            "ParticleSDE", "to_inference_data", "summary", "convergence", "equilibration", "stationarity", "kl_to_prior", "entropy_knn", "w2", "w2_gaussian", "w2_to_prior",
            "w2_to_prior_bound", "save", "load", "plot_marginals", "plot_observables"]

@@ -236,7 +236,8 @@ class SteinTest(NamedTuple):
 
     mean ± se (ESS-based, pooled over replicate runs), z = mean / se, and the
     configurational temperature 1 + mean / mean(curvature) along the data's directions
-    (1 under the exact stationary law). dt0: the run's step size.
+    (1 under the exact stationary law), and its standard error ``temperature_se`` = se /
+    mean(curvature). dt0: the run's step size.
     """
 
     mean: float
@@ -245,6 +246,12 @@ class SteinTest(NamedTuple):
     temperature: float
     ess: float
     dt0: float
+    temperature_se: float = float("nan")
+
+    def detectable_excess(self, z_crit: float, power: float = 0.95) -> float:
+        """The temperature excess a two-sided test at |z| > z_crit catches with probability
+        ``power``: (z_crit + Φ⁻¹(power)) · temperature_se."""
+        return (z_crit + _normal_isf(1.0 - power)) * self.temperature_se
 
 
 class FixedPointCheck(NamedTuple):
@@ -302,7 +309,7 @@ def _solver_named(name: str):
 def stein_test(traj, burn_in: float = 0.5) -> SteinTest | None:
     """``SteinTest`` of a trajectory that saved ``stein_residual`` (langevin's diagnostics).
 
-    Uses the saves after the first ``burn_in`` of the run on its final uniform time grid
+    Uses the saves after the first ``burn_in`` of the run's final equally spaced stretch
     (the stationary part ``mfsde.convergence`` judges), all replicate runs pooled; the
     standard error is sd/√ESS with ArviZ's ESS. None when the run did not record it.
     """
@@ -315,7 +322,7 @@ def stein_test(traj, burn_in: float = 0.5) -> SteinTest | None:
     res = np.asarray(obs["stein_residual"], np.float64)
     curv = np.asarray(obs["stein_curvature"], np.float64)
     res, curv = (a[None] if a.ndim == 1 else a for a in (res, curv))
-    keep = _uniform_saves(ts)
+    keep = _uniform_saves(ts, float(dict(traj.info).get("dt0", 0.0)))
     ts, res, curv = ts[keep], res[:, keep], curv[:, keep]
     part = ts >= ts[0] + burn_in * (ts[-1] - ts[0])
     res, curv = res[:, part], curv[:, part]
@@ -324,7 +331,9 @@ def stein_test(traj, burn_in: float = 0.5) -> SteinTest | None:
     ess = _ess(res)
     mean, se = float(res.mean()), float(res.std(ddof=1) / math.sqrt(ess))
     z = mean / se if se > 0 else 0.0
-    return SteinTest(mean, se, z, 1.0 + mean / float(curv.mean()), ess, float(dict(traj.info).get("dt0", float("nan"))))
+    scale = float(curv.mean())
+    return SteinTest(mean, se, z, 1.0 + mean / scale, ess, float(dict(traj.info).get("dt0", float("nan"))),
+                     se / abs(scale))
 
 
 def check_fixed_point(fe: FreeEnergy, key: PRNGKeyArray, particles, *, num_chains: int = 4, num_warmup: int = 400,
@@ -401,7 +410,8 @@ def check_fixed_point(fe: FreeEnergy, key: PRNGKeyArray, particles, *, num_chain
     n = theta.shape[0]
     snap = (f"snapshot max |z| {test.statistic:.2f} over {test.dof} test functions ({_worst(test)})")
     temp = "" if stein is None else (f"; configurational temperature along the data directions "
-                                     f"{stein.temperature:.4f} (Stein residual z = {stein.z:+.2f})")
+                                     f"{stein.temperature:.4f} (Stein residual z = {stein.z:+.2f}; an excess of "
+                                     f"{stein.detectable_excess(z_crit):.2g} would be caught with probability 0.95)")
     limit = f"; Bonferroni limit |z| <= {z_crit:.2f} at level {level:g}"
     stats = snap + temp + limit
     conv = convergence(to_inference_data(traj, fe)) if traj is not None else None

@@ -3,6 +3,7 @@
 import math
 
 import diffrax
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -209,3 +210,39 @@ def test_bad_inputs(neuron):
         mfsde.langevin(fe, key, p0, t1=1.0, dt0=-0.1)
     with pytest.raises(TypeError, match="FreeEnergy"):
         mfsde.langevin(neuron.unit, key, p0, t1=1.0, dt0=0.1)
+
+
+def test_saves_are_states_of_the_chain():
+    """Off-grid save times move to the nearest step, so observables see the chain itself.
+
+    Euler on dθ = −θ dt + √2 dB with h = 0.5 has stationary variance 1/(1 − h/2) = 4/3. A
+    state interpolated halfway through a step, ½((2 − h)θ_n + √(2h) ξ), has variance
+    ¼((2 − h)²·4/3 + 2h) = 1: the bias diffrax's interpolant gave saves off the step grid.
+    20000 independent particles from stationarity: the mean of θ² has s.e. (4/3)·√(2/20000)
+    = 0.013, so |mean − 4/3| < 0.06 (4.5 s.e.) while the interpolant's 1 is 25 s.e. away.
+    """
+    from mfsde.dynamics._core import ParticleSDE, solve
+
+    class Drift(eqx.Module):
+        def __call__(self, t, y, args):
+            return -y
+
+    class Noise(eqx.Module):
+        def __call__(self, t):
+            return math.sqrt(2.0)
+
+    h, var = 0.5, 4.0 / 3.0
+    y0 = math.sqrt(var) * jax.random.normal(jax.random.key(0), (20000, 1), jnp.float64)
+    obs = lambda t, y, args: {"mean_sq": jnp.mean(y**2)}  # noqa: E731
+    # 3.2 and 7.1 are not on the step grid t0 + k·0.5 (3.25 would be halfway): they move to 3.0 and 7.0
+    traj = solve(ParticleSDE(Drift(), Noise()), jax.random.key(1), y0, t0=0.0, t1=8.0, dt0=h,
+                 solver=diffrax.Euler(), observables=obs, ts=np.array([3.2, 7.1]))
+    np.testing.assert_allclose(traj.ts, [3.0, 7.0])
+    np.testing.assert_allclose(traj.observables["mean_sq"], var, atol=0.06)
+    # halfway saves are still the states at a step, whichever side
+    half = solve(ParticleSDE(Drift(), Noise()), jax.random.key(1), y0, t0=0.0, t1=8.0, dt0=h,
+                 solver=diffrax.Euler(), observables=obs, ts=np.array([3.25, 7.25]))
+    assert float(jnp.min(half.observables["mean_sq"])) > var - 0.06
+    with pytest.raises(ValueError, match="within one step"):
+        solve(ParticleSDE(Drift(), Noise()), jax.random.key(1), y0, t0=0.0, t1=8.0, dt0=h,
+              solver=diffrax.Euler(), observables=obs, ts=np.array([3.1, 3.2]))

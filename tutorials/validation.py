@@ -20,8 +20,8 @@
 #
 # 1. **time-step bias**: the discrete chain's invariant law is not p_N. Measured by the
 #    Stein configurational temperature (`mfsde.stein_residual`, exactly 1 under p_N) of
-#    stationary runs at several dt0: its excess falls like dt0 for Euler–Maruyama and like
-#    dt0² for Leimkuhler–Matthews;
+#    stationary runs at several dt0: its excess falls like dt0 for Euler–Maruyama, and
+#    Leimkuhler–Matthews's O(dt0²) excess is below the measurement's resolution here;
 # 2. **finite N**: p_N is not ρ*. The exact finite-N residual of the check and the plain
 #    mean-field one (against G[f_N]) differ by the O(β/N) self-interaction term, measured
 #    at several N;
@@ -101,18 +101,24 @@ full, final = so_far, check
 # ## 1. Time-step bias: the Stein temperature of stationary runs at several dt0
 # From the stationary clouds above, each integrator runs for a stretch at each dt0; the
 # time-averaged Stein residual (second half, all runs) gives the temperature excess
-# T − 1 along the data's directions with its standard error.
+# T − 1 along the data's directions with its standard error. The save times sit on each
+# run's steps (`langevin` moves them there): a state interpolated between two steps carries
+# less than a step's noise and would read cooler than the chain, by an amount that depends
+# on how the save grid falls on the step grid.
 
 # %%
-span = 10.0 if SMOKE else 300.0
-# up to dt0 λ_max ≈ 1.5 (stability ends at 2): the bias must stand out of the noise
-dts = np.array([0.7, 0.5, 0.35, 0.25]) if not SMOKE else np.array([0.2, 0.1])
+span = 10.0 if SMOKE else 600.0
+# up to dt0 λ_max ≈ 1.9 (stability ends at 2): the bias must stand out of the noise
+dts = np.array([0.85, 0.7, 0.5, 0.35, 0.25, 0.125]) if not SMOKE else np.array([0.2, 0.1])
 lam = float(mfsde.max_curvature(fe, stationary[0]))
 excess = {"Euler": [], "Leimkuhler-Matthews": []}
 for name, solver in (("Euler", diffrax.Euler()), ("Leimkuhler-Matthews", mfsde.LeimkuhlerMatthews())):
     for i, h in enumerate(dts):
+        if name == "Euler" and h * lam > 1.6:
+            excess[name].append((np.nan, np.nan))  # near Euler's stability edge the chain is far off
+            continue
         run = mfsde.langevin(fe, jax.random.split(jax.random.key(200 + i), R), stationary, t0=T, t1=T + span,
-                             dt0=float(h), solver=solver, ts=np.linspace(T, T + span, 51), progress=False)
+                             dt0=float(h), solver=solver, ts=np.linspace(T, T + span, 26 if SMOKE else 201), progress=False)
         st = mfsde.stein_test(run)
         excess[name].append((st.temperature - 1.0, st.se / max(abs(st.mean), 1e-300) * abs(st.temperature - 1.0)))
         print(f"{name:20s} dt0 = {h:5.3f} (dt0 lambda_max = {h * lam:.2f}): temperature - 1 = "
@@ -120,13 +126,22 @@ for name, solver in (("Euler", diffrax.Euler()), ("Leimkuhler-Matthews", mfsde.L
 
 
 def slope(h, e):
-    e = np.asarray(e)[:, 0]
-    ok = e > 0
-    return float(np.polyfit(np.log(h[ok]), np.log(e[ok]), 1)[0]) if ok.sum() >= 2 else float("nan")
+    # fitted where the excess stands out of its noise (> 3 s.e.) and dt0·λ_max < 1, where
+    # the leading order dominates (Euler's OU excess hλ/(2 − hλ) is far from linear near 2)
+    e = np.asarray(e)
+    ok = (e[:, 0] > 3 * e[:, 1]) & (h * lam < 1.0)
+    return float(np.polyfit(np.log(h[ok]), np.log(e[ok, 0]), 1)[0]) if ok.sum() >= 2 else float("nan")
 
 
 slopes = {k: slope(dts, v) for k, v in excess.items()}
-print("log-log slopes of the temperature excess vs dt0:", {k: round(v, 2) for k, v in slopes.items()})
+lm = np.asarray(excess["Leimkuhler-Matthews"])
+lm_bound = float(np.nanmax(np.abs(lm[:, 0]) + 2 * lm[:, 1]))
+print("log-log slopes of the temperature excess vs dt0 (dt0 lambda_max < 1, excess > 3 s.e.):",
+      {k: round(v, 2) for k, v in slopes.items()})
+REF = int(np.argmin(np.abs(dts - 0.5)))  # the row the table quotes
+print(f"Leimkuhler-Matthews: |T - 1| <= {lm_bound:.3f} (2 s.e.) at every dt0 up to {dts.max():g}"
+      + ("" if np.isfinite(slopes["Leimkuhler-Matthews"]) else ": its O(dt0^2) bias is below this resolution")
+      + f"; Euler's excess at dt0 = {dts[REF]:g} is {excess['Euler'][REF][0]:+.3f}")
 
 # %% [markdown]
 # ## 2. Finite N: the self-interaction term against N
@@ -137,10 +152,11 @@ print("log-log slopes of the temperature excess vs dt0:", {k: round(v, 2) for k,
 
 # %%
 ns = [N // 8, N // 4, N // 2, N] if not SMOKE else [N // 4, N]
+relax = 10.0 if SMOKE else 300.0
 rows_n = []
 for j, n in enumerate(ns):
     cloud = stationary[0, :n]
-    cloud = mfsde.langevin(fe, jax.random.key(300 + j), cloud, t0=0.0, t1=span, dt0=DT, progress=False,
+    cloud = mfsde.langevin(fe, jax.random.key(300 + j), cloud, t0=0.0, t1=relax, dt0=DT, progress=False,
                            diagnostics=False).particles
     sc = mfsde.check_fixed_point(fe, jax.random.key(400 + j), cloud, diagnose=False, **MCMC).test
     bias = np.abs(sc.mean_field_z - sc.z)  # in units of the residual's sd at this N
@@ -174,9 +190,9 @@ for draws, sc in ((MCMC["num_samples"] // 4, fewer), (MCMC["num_samples"], final
 
 # %%
 print(f"{'part':22s} {'measured':60s}")
-print(f"{'time step':22s} temperature excess at dt0 = {dts[-1]:g}: Euler {excess['Euler'][-1][0]:+.4f}, "
-      f"LM {excess['Leimkuhler-Matthews'][-1][0]:+.4f}; slopes Euler {slopes['Euler']:.2f}, "
-      f"LM {slopes['Leimkuhler-Matthews']:.2f}")
+print(f"{'time step':22s} temperature excess at dt0 = {dts[REF]:g}: Euler {excess['Euler'][REF][0]:+.4f}, "
+      f"LM {excess['Leimkuhler-Matthews'][REF][0]:+.4f}; Euler slope {slopes['Euler']:.2f}, LM |T - 1| <= "
+      f"{lm_bound:.3f} up to dt0 = {dts.max():g}")
 print(f"{'finite N':22s} self-interaction term {rows_n[0][3]:.2f} sd at N = {ns[0]} -> {rows_n[-1][3]:.2f} sd at "
       f"N = {ns[-1]}; slope vs N {slope_n:.2f}")
 print(f"{'non-stationarity':22s} snapshot max|z| {rows_t[0][1]:.2f} at t1 = {rows_t[0][0]:g} -> {rows_t[-1][1]:.2f} "
@@ -189,7 +205,8 @@ fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
 ax = axes[0]
 for name, marker in (("Euler", "o"), ("Leimkuhler-Matthews", "s")):
     e = np.asarray(excess[name])
-    ax.errorbar(dts, np.abs(e[:, 0]), yerr=e[:, 1], fmt=marker + "-", label=f"{name} (slope {slopes[name]:.2f})")
+    label = f"{name} (slope {slopes[name]:.2f})" if np.isfinite(slopes[name]) else f"{name} (within noise)"
+    ax.errorbar(dts, np.abs(e[:, 0]), yerr=e[:, 1], fmt=marker + "-", label=label)
 ax.set_xscale("log")
 ax.set_yscale("log")
 ax.set_xlabel("dt0")

@@ -104,12 +104,28 @@ class ObservableConvergence(NamedTuple):
     reason: str
 
 
-def _uniform_saves(ts: np.ndarray) -> np.ndarray:
-    """Indices of the saves on the run's final uniform grid (ESS needs equal spacing)."""
-    step = ts[-1] - ts[-2]
-    k = (ts[-1] - ts) / step
-    # save times may be float32: a grid point is within 1e-3 steps of an integer
-    return np.flatnonzero(np.abs(k - np.rint(k)) < 1e-3)
+def _uniform_saves(ts: np.ndarray, step: float = 0.0) -> np.ndarray:
+    """Indices of the saves on the run's final equally spaced grid (ESS needs equal spacing).
+
+    The grid is the last stretch of equal spacing, extended back through earlier saves
+    that fall on it (a run continued in segments with finer saves), one save per grid
+    point. "Equal" is up to ``step`` (the run's dt0: a noisy run's save times sit on its
+    steps, so a save spacing that is not a multiple of dt0 alternates by one step) and
+    float32 rounding.
+    """
+    ts = np.asarray(ts, np.float64)
+    if ts.size < 3:
+        return np.arange(ts.size)
+    gaps = np.diff(ts)
+    first = ts.size - 2
+    while first > 0 and abs(gaps[first - 1] - gaps[-1]) <= step + 1e-3 * abs(gaps[-1]):
+        first -= 1
+    spacing = (ts[-1] - ts[first]) / (ts.size - 1 - first)
+    j = (ts[-1] - ts) / spacing
+    on_grid = np.flatnonzero(np.abs(j - np.rint(j)) * spacing <= 0.5 * step + 1e-3 * spacing)
+    # the latest save at each grid point
+    _, last = np.unique(np.rint(j[on_grid])[::-1], return_index=True)
+    return np.sort(on_grid[::-1][last])
 
 
 def _ess(window: np.ndarray) -> float:
@@ -142,11 +158,12 @@ def _drift_threshold(ess_part: float, num_tests: int, alpha: float = 0.01) -> fl
 
 
 def equilibration(values, ts, name: str = "", min_ess: float = MIN_ESS, max_burn_in: float = MAX_BURN_IN,
-                  num_tests: int = 1, law_scale: float | None = None) -> ObservableConvergence:
+                  num_tests: int = 1, law_scale: float | None = None, step: float = 0.0) -> ObservableConvergence:
     """Integrated autocorrelation time and a stationary / not verdict for one saved series.
 
     ``values``: (chains, T) (replicate runs as chains) or (T,); ``ts``: save times, of which
-    those on the final uniform grid are used. The first ``max_burn_in`` of the run is
+    the final equally spaced stretch is used (spacing equal up to ``step``, the run's dt0:
+    a noisy run saves on its steps). The first ``max_burn_in`` of the run is
     burn-in; on the rest (the stationary part, length L) n_eff = ESS (ArviZ, pooled chains)
     and IAT = L · R / n_eff (time units). Stationary when n_eff ≥ ``min_ess`` and the
     part's two halves have equal means: |z| below the Student-t critical value at level
@@ -164,7 +181,7 @@ def equilibration(values, ts, name: str = "", min_ess: float = MIN_ESS, max_burn
     v = np.asarray(values, np.float64)
     v = v[None] if v.ndim == 1 else v
     ts = np.asarray(ts, np.float64)
-    keep = _uniform_saves(ts)
+    keep = _uniform_saves(ts, step)
     v, ts = v[:, keep], ts[keep]
     chains, t = v.shape
     length = float(ts[-1] - ts[0])
@@ -237,7 +254,9 @@ def convergence(idata) -> Convergence:
     ts = obs["time"].values
     names = list(obs.data_vars)
     scales = idata["observable_scales"].to_dataset() if "observable_scales" in idata.children else {}
-    verdicts = tuple(equilibration(obs[k].values, ts, name=k, num_tests=len(names),
+    const = idata["constant_data"].to_dataset() if "constant_data" in idata.children else {}
+    step = float(const["dt0"].values) if "dt0" in const else 0.0
+    verdicts = tuple(equilibration(obs[k].values, ts, name=k, num_tests=len(names), step=step,
                                    law_scale=float(scales[k].values) if k in scales else None) for k in names)
     chains = int(obs.sizes["chain"])
     # the slowest: the fewest effective samples per unit of stretch, i.e. the largest IAT

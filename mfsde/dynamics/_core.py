@@ -95,21 +95,47 @@ class _GatedObservables(eqx.Module):
         )
 
 
+def _step_size(t0: float, t1: float, dt0: float) -> tuple[float, int]:
+    """(h, n): diffrax's ConstantStepSize covers [t0, t1] in n = ⌈(t1 − t0)/dt0⌉ equal steps
+    of h = (t1 − t0)/n (= dt0 when dt0 divides the span), step k ending at t0 + k·h."""
+    n = num_fixed_steps(t0, t1, dt0)
+    return (t1 - t0) / n, n
+
+
 def _grid_indices(ts: Array, t0: float, t1: float, dt0: float) -> tuple[np.ndarray, int] | None:
-    """Step indices k_i = (ts_i − t0)/dt0 and their gcd g, if every ts_i is on the step grid."""
+    """Step indices k_i = (ts_i − t0)/h and their gcd g, if every ts_i is a step's time."""
     if isinstance(ts, jax.core.Tracer):
         return None
-    k = (np.asarray(ts, np.float64) - t0) / dt0
+    h, n = _step_size(t0, t1, dt0)
+    k = (np.asarray(ts, np.float64) - t0) / h
     ks = np.rint(k).astype(np.int64)
-    if np.any(np.abs(k - ks) > 1e-6) or np.any(t0 + ks * dt0 > t1 + 1e-9 * dt0) or np.any(np.diff(ks) <= 0):
+    if np.any(np.abs(k - ks) > 1e-6) or np.any(ks < 0) or np.any(ks > n) or np.any(np.diff(ks) <= 0):
         return None
     nonzero = ks[ks > 0]
     every = int(np.gcd.reduce(nonzero)) if nonzero.size else 1
     return ks, every
 
 
+def _snap_to_steps(ts: np.ndarray, t0: float, t1: float, dt0: float) -> np.ndarray:
+    """Save times moved to the nearest step's time t0 + k·h (``_step_size``).
+
+    diffrax evaluates an off-grid save time on the solver's interpolant between two steps.
+    For an SDE that is not a state of the chain: a linear interpolant α of the way through
+    a step carries a fraction α² + (1 − α)² < 1 of its noise variance, so observables that
+    see the fast noise (the Stein temperature, the risk) come out biased low, by an amount
+    that depends on how ts falls on the grid.
+    """
+    h, n = _step_size(t0, t1, dt0)
+    ks = np.clip(np.rint((ts - t0) / h), 0, n).astype(np.int64)
+    if np.any(np.diff(ks) <= 0):
+        raise ValueError(f"ts has two save times within one step of dt0 = {dt0:g} (nearest steps {ks.tolist()}); "
+                         "observables of a noisy run are taken at the chain's own states, so space ts by at least "
+                         "dt0 or take a smaller dt0")
+    return np.where(ks == n, t1, t0 + ks * h)
+
+
 def num_fixed_steps(t0: float, t1: float, dt0: float) -> int:
-    """Number of fixed steps of size dt0 that cover [t0, t1] (the last may be shorter)."""
+    """Number of fixed steps diffrax takes over [t0, t1] with dt0: ⌈(t1 − t0)/dt0⌉."""
     return max(1, math.ceil((t1 - t0) / dt0 - 1e-9))
 
 
@@ -136,7 +162,9 @@ def solve(
     ``ForwardMode``, a plain while loop without checkpoints: this is what keeps a diffrax
     step as cheap as a hand-written ``lax.scan`` Euler–Maruyama step (bench/langevin.py).
     Adaptive controllers get a ``VirtualBrownianTree`` (tolerance dt0/100) when there is
-    noise. ``ts`` defaults to up to 101 equally spaced times in [t0, t1].
+    noise. ``ts`` defaults to up to 101 equally spaced times in [t0, t1]. With noise and
+    fixed steps, each save time moves to the nearest step (``_snap_to_steps``: observables
+    are the chain's states, never an interpolant's) and the returned ``ts`` say where.
     """
     if not (math.isfinite(t0) and math.isfinite(t1) and t1 > t0):
         raise ValueError(f"need finite t0 < t1, got t0={t0}, t1={t1}")
@@ -159,6 +187,8 @@ def solve(
             raise ValueError(f"ts must be increasing and within [t0, t1] = [{t0}, {t1}], got {ts}")
     if jnp.ndim(ts) != 1 or jnp.shape(ts)[0] < 1:
         raise ValueError(f"ts must be a non-empty 1-D array of times, got shape {jnp.shape(ts)}")
+    if fixed and sde.noise_scale is not None and not isinstance(ts, jax.core.Tracer):
+        ts = _snap_to_steps(ts, t0, t1, dt0)
 
     drift = diffrax.ODETerm(sde.drift)
     if sde.noise_scale is None:
