@@ -31,6 +31,7 @@ site's mean square ‖θ_s‖² (what slow marginals move).
 from __future__ import annotations
 
 import math
+import statistics
 from typing import NamedTuple
 
 import equinox as eqx
@@ -480,6 +481,4 @@ def check_fixed_point(fe: FreeEnergy, key: PRNGKeyArray, particles, *, num_chain
 
 def _normal_isf(p: float) -> float:
     """z with P(Z > z) = p for a standard normal Z."""
-    from jax.scipy.special import ndtri
-
-    return float(-ndtri(p))
+    return -statistics.NormalDist().inv_cdf(p)

@@ -66,8 +66,6 @@ def stationarity(values, ts, rel_tol: float = 0.02, z: float = 3.0) -> Stationar
     chains of ``values`` (chains, T) as chains; a (T,) series is one chain. A quick check
     of one series; ``equilibration`` and ``convergence`` are the verdicts ``summary`` uses.
     """
-    from arviz_stats import ess
-
     v = np.asarray(values, np.float64)
     v = v[None] if v.ndim == 1 else v
     ts = np.asarray(ts, np.float64)
@@ -78,8 +76,7 @@ def stationarity(values, ts, rel_tol: float = 0.02, z: float = 3.0) -> Stationar
         return Stationarity(False, float("nan"), float("nan"), float("nan"))
 
     def var_of_mean(w):
-        n_eff = float(ess(w, method="mean"))
-        return w.var(ddof=1) / max(min(n_eff, w.size), 1.0)
+        return w.var(ddof=1) / _ess(w)
 
     se = math.sqrt(var_of_mean(last) + var_of_mean(before))
     threshold = max(z * se, rel_tol * abs(last.mean()))

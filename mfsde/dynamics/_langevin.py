@@ -147,7 +147,7 @@ def langevin(
             Two-stage SRK solvers (``ShARK``) buy strong order 1.5 for twice the cost,
             which does not pay while the O(N^{-1/2}) particle error dominates.
         ts: save times of the observables (default: up to 101 points in [t0, t1]). At
-            finite β with fixed steps they move to the nearest step t0 + k·dt0 (the
+            finite β with fixed steps they move to the nearest step's time (the
             trajectory's ``ts`` are the times used): an SDE's interpolant between steps is
             not a state of the chain and carries less noise.
         schedule: MMN's step-size schedule ξ(t) > 0, multiplying drift and diffusion
