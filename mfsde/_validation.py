@@ -40,6 +40,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float, PRNGKeyArray
 
+from ._blocks import row_blocks, unblock
 from .free_energy import FreeEnergy
 
 __all__ = ["SelfConsistency", "self_consistency", "SteinTest", "stein_test", "FixedPointCheck", "check_fixed_point",
@@ -107,18 +108,15 @@ def _mixture_weights(fe: FreeEnergy, particles: Array, draws: Array) -> tuple[Ar
     n = particles.shape[0]
     c = fe.beta / n
     half_self = 0.5 * _self_interaction(fe, draws)
-    blocks = -(-n // _WEIGHT_BLOCK)
-    pad = blocks * _WEIGHT_BLOCK - n
-    rows = jnp.concatenate([particles, jnp.broadcast_to(particles[:1], (pad, particles.shape[1]))])
-    valid = (jnp.arange(blocks * _WEIGHT_BLOCK) < n).reshape(blocks, _WEIGHT_BLOCK)
+    rows, valid = row_blocks(particles, _WEIGHT_BLOCK)
 
     def block(args):
         theta, ok = args
         w = jax.nn.softmax(c * (fe.interaction(theta, draws) - half_self[None]), axis=1)
         return jnp.sum(w * ok[:, None], axis=0), 1.0 / jnp.sum(w**2, axis=1)
 
-    total, ess = jax.lax.map(block, (rows.reshape(blocks, _WEIGHT_BLOCK, -1), valid))
-    return total.sum(0) / n, ess.reshape(-1)[:n]
+    total, ess = jax.lax.map(block, (rows, valid))
+    return total.sum(0) / n, unblock(ess, n)
 
 
 def _max_abs_normal_p(t: float, m: int) -> float:

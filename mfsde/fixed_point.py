@@ -211,11 +211,8 @@ def gibbs_log_normalizer(fe: FreeEnergy, key: PRNGKeyArray, output: Float[Array,
     if math.isinf(fe.beta):
         raise ValueError("the Gibbs measure needs a finite beta")
     output = jnp.asarray(output)
-    residual = fe.residual(output)
-    x, beta, unit = fe.x, fe.beta, fe.unit
-
-    def log_tilt(theta):
-        return -beta * jnp.mean(residual * unit.apply(theta, x))
+    unit = fe.unit
+    log_tilt = fe.gibbs_log_tilt(output)
 
     k0, k1 = jax.random.split(key)
     init = fe.prior_sample(k0, num_particles)

@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float, PRNGKeyArray
 
+from ._blocks import row_blocks
 from .model import UnitModel
 
 __all__ = ["FreeEnergy"]
@@ -148,17 +149,13 @@ class FreeEnergy(eqx.Module):
         return min(self.chunk_size, p)
 
     def _chunked(self, n: int, x: Array, y: Array | None = None) -> tuple[Array, Array, Array]:
-        """(x, y, w) reshaped to (chunks, c, ...); padding rows repeat x[0] with weight w = 0."""
+        """(x, y, w) reshaped to (chunks, c, ...) (``row_blocks``); padding rows repeat row 0 with
+        weight w = 0."""
         p = x.shape[0]
-        c = min(self.chunk_for(n), p)
-        k = -(-p // c)
-        pad = k * c - p
-        y = jnp.zeros(p, x.dtype) if y is None else y
-        if pad:
-            x = jnp.concatenate([x, jnp.broadcast_to(x[:1], (pad,) + x.shape[1:])])
-            y = jnp.concatenate([y, jnp.zeros(pad, y.dtype)])
-        w = (jnp.arange(k * c) < p).astype(x.dtype)
-        return x.reshape((k, c) + x.shape[1:]), y.reshape(k, c), w.reshape(k, c)
+        c = self.chunk_for(n)
+        xc, valid = row_blocks(x, c)
+        yc, _ = row_blocks(jnp.zeros(p, x.dtype) if y is None else y, c)
+        return xc, yc, valid.astype(x.dtype)
 
     # -- the network -----------------------------------------------------------------------
     @property
@@ -303,15 +300,25 @@ class FreeEnergy(eqx.Module):
         ρ is given by particles (N, D) or directly by its output f_ρ on the data (P,);
         either way it is frozen: the returned function depends on ρ only through f_ρ.
         """
+        tilt, prior = self.gibbs_log_tilt(particles_or_output), self.unit.prior_logdensity
+
+        def logdensity(theta):
+            return prior(theta) + tilt(theta)
+
+        return logdensity
+
+    def gibbs_log_tilt(self, particles_or_output: Array) -> Callable[[Array], Array]:
+        """θ ↦ −β Ψ(θ; ρ) = −β (1/P) Σ_p (f_ρ(x_p) − y_p) σ(x_p; θ), G[ρ]'s tilt of the prior
+        (ρ frozen, as in ``gibbs_logdensity``): what tempering from π₀ to G[ρ] raises to a power."""
         if math.isinf(self.beta):
             raise ValueError("the Gibbs measure exp(-beta * Psi) is degenerate at beta = inf")
         r = self.residual(particles_or_output)
         beta, x, unit = self.beta, self.x, self.unit
 
-        def logdensity(theta):
-            return unit.prior_logdensity(theta) - beta * jnp.mean(r * unit.apply(theta, x))
+        def log_tilt(theta):
+            return -beta * jnp.mean(r * unit.apply(theta, x))
 
-        return logdensity
+        return log_tilt
 
     def unflatten(self, particles: Float[Array, "n d"]) -> dict[str, Array]:
         """Named, constrained values per sample site: site -> (N, *site_shape)."""

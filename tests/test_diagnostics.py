@@ -194,8 +194,13 @@ def test_checkpoint_resume_equals_uninterrupted(lin, tmp_path, monkeypatch):
     np.testing.assert_allclose(resumed.particles, full.particles, rtol=1e-12, atol=1e-12)
     for k in full.observables:
         np.testing.assert_allclose(resumed.observables[k], full.observables[k], rtol=1e-12, atol=1e-12)
-    # the checkpointed run is a genuine Langevin run: same law as the plain one at the end
-    assert resumed.observables["risk"].shape == (5,)
+    # the segments are plain Langevin runs: segment s (20 steps) draws its noise from
+    # fold_in(key, s) and starts where segment s - 1 ended; two of them by hand give the
+    # checkpointed run's risk at t = 0.25 (a save in segment 1)
+    key = jax.random.key(12)
+    seg0 = mfsde.langevin(fe, jax.random.fold_in(key, 0), p0, t1=0.2, dt0=0.01, ts=[0.2])
+    seg1 = mfsde.langevin(fe, jax.random.fold_in(key, 1), seg0.particles, t0=0.2, t1=0.4, dt0=0.01, ts=[0.25, 0.4])
+    np.testing.assert_allclose(resumed.observables["risk"][1], seg1.observables["risk"][0], rtol=1e-12)
 
 
 def test_checkpoint_errors(lin, tmp_path):

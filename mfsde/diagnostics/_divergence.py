@@ -19,6 +19,8 @@ import numpy as np
 from jax.scipy.special import digamma, gammaln
 from jaxtyping import Array, Float, PRNGKeyArray
 
+from .._blocks import row_blocks, unblock
+
 __all__ = ["entropy_knn", "kl_to_prior", "w2", "w2_gaussian", "w2_to_prior", "w2_to_prior_bound",
            "gaussian_prior_moments", "EXACT_MAX"]
 
@@ -32,19 +34,17 @@ def _knn_log_distances(x: Float[Array, "n d"], k: int) -> Float[Array, " n"]:
     """log of each point's distance to its k-th nearest other point, O(chunk · N) memory."""
     n = x.shape[0]
     sq = jnp.sum(x * x, axis=1)
-    c = min(_KNN_CHUNK, n)
-    m = -(-n // c)
-    idx = jnp.arange(m * c).reshape(m, c)
+    idx, _ = row_blocks(jnp.arange(n), _KNN_CHUNK)
 
     def rows(ix):
-        xi = x[jnp.minimum(ix, n - 1)]
-        d2 = sq[jnp.minimum(ix, n - 1), None] + sq[None, :] - 2.0 * xi @ x.T
+        xi = x[ix]
+        d2 = sq[ix, None] + sq[None, :] - 2.0 * xi @ x.T
         d2 = jnp.where(ix[:, None] == jnp.arange(n)[None, :], jnp.inf, d2)
         kth = -jax.lax.top_k(-d2, k)[0][:, -1]
         # Coincident points would give log 0: floor at float resolution of the scale.
         return 0.5 * jnp.log(jnp.maximum(kth, jnp.finfo(x.dtype).tiny))
 
-    return jax.lax.map(rows, idx).reshape(-1)[:n]
+    return unblock(jax.lax.map(rows, idx), n)
 
 
 def entropy_knn(x: Float[Array, "n d"], k: int = 1) -> Float[Array, ""]:

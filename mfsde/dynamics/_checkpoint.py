@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 import tqdm
 
-from ._core import Trajectory, num_fixed_steps
+from ._core import Trajectory, num_fixed_steps, solve_replicates
 
 __all__ = ["solve_checkpointed"]
 
@@ -64,8 +64,6 @@ def solve_checkpointed(sde, key, particles0, *, ts, batched: bool, checkpoint_ev
 
     Segment s runs from t0 + s·K·dt0 with Brownian key ``fold_in(key, s)``.
     """
-    from ._langevin import _solve_maybe_batched
-
     if checkpoint_every < 1:
         raise ValueError(f"checkpoint_every must be a positive number of steps, got {checkpoint_every}")
     n_steps = num_fixed_steps(t0, t1, dt0)
@@ -95,8 +93,8 @@ def solve_checkpointed(sde, key, particles0, *, ts, batched: bool, checkpoint_ev
         wanted = ks[(ks > a) & (ks <= b)] if s else ks[ks <= b]
         seg_ks = np.union1d(wanted, [b])
         seg_key = jax.vmap(lambda k: jax.random.fold_in(k, s))(key) if batched else jax.random.fold_in(key, s)
-        traj = _solve_maybe_batched(sde, seg_key, y, t0 + seg_ks * dt0, batched,
-                                    dict(kwargs, t0=t0 + a * dt0, t1=t0 + b * dt0, dt0=dt0, progress=False))
+        traj = solve_replicates(sde, seg_key, y, t0 + seg_ks * dt0, batched,
+                                **dict(kwargs, t0=t0 + a * dt0, t1=t0 + b * dt0, dt0=dt0, progress=False))
         keep = np.isin(seg_ks, wanted)
         axis = 1 if batched else 0
         for name, values in traj.observables.items():

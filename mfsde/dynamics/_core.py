@@ -21,7 +21,7 @@ import lineax as lx
 import numpy as np
 from jaxtyping import Array, Float, PRNGKeyArray
 
-__all__ = ["ParticleSDE", "Trajectory", "solve"]
+__all__ = ["ParticleSDE", "Trajectory", "solve", "solve_replicates"]
 
 # Runs of at least this many steps show a progress bar unless progress=False.
 _PROGRESS_MIN_STEPS = 5000
@@ -245,3 +245,15 @@ def solve(
             ("controller", type(stepsize_controller).__name__))
     return Trajectory(ts=jnp.asarray(ts, y0.dtype), particles=y1[-1], observables=obs, num_steps=sol.stats["num_steps"],
                       info=info)
+
+
+def solve_replicates(sde: ParticleSDE, key: PRNGKeyArray, y0: Array, ts, batched: bool, **kwargs) -> Trajectory:
+    """``solve``, or with ``batched`` R replicate solves vmapped over a batch of keys (R,) and
+    a shared start (N, D) or per-replicate starts (R, N, D): particles (R, N, D),
+    observables (R, T), one shared ``ts``."""
+    if not batched:
+        return solve(sde, key, y0, ts=ts, **kwargs)
+    ts_known = None if ts is None else np.asarray(ts, np.float64)
+    y_axis = 0 if y0.ndim == 3 else None
+    traj = jax.vmap(lambda k, y: solve(sde, k, y, ts=ts_known, **kwargs), in_axes=(0, y_axis))(key, y0)
+    return traj._replace(ts=traj.ts[0], num_steps=traj.num_steps[0])

@@ -19,7 +19,8 @@ from ..particle_posterior import stein_residual
 from ..diagnostics._divergence import gaussian_prior_moments, kl_to_prior, w2_to_prior_bound
 from ..diagnostics._moments import LawMoments
 from ._checkpoint import solve_checkpointed
-from ._core import ParticleSDE, Trajectory, solve
+from ._core import ParticleSDE, Trajectory, solve_replicates
+from ._keys import as_keys
 from ._solver import LeimkuhlerMatthews
 from ._starts import start_dispersion
 
@@ -178,7 +179,7 @@ def langevin(
     """
     if not isinstance(fe, FreeEnergy):
         raise TypeError(f"fe must be a mfsde.FreeEnergy, got {type(fe).__name__}")
-    batched = key is not None and jnp.ndim(key) == 1 and jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key)
+    key, batched = (None, False) if key is None else as_keys(key)
     particles0 = jnp.asarray(particles0)
     if batched and particles0.ndim == 3:
         if particles0.shape[0] != key.shape[0]:
@@ -225,7 +226,7 @@ def langevin(
         traj = solve_checkpointed(sde, key, particles0, ts=ts, batched=batched, checkpoint_every=int(checkpoint_every),
                                   checkpoint_path=checkpoint_path, fingerprint=_fingerprint(fe, schedule), **kwargs)
         return traj._replace(info=traj.info + _start_info(particles0, batched))
-    traj = _solve_maybe_batched(sde, key, particles0, ts, batched, kwargs)
+    traj = solve_replicates(sde, key, particles0, ts, batched, **kwargs)
     return traj._replace(info=traj.info + _start_info(particles0, batched))
 
 
@@ -239,15 +240,6 @@ def _start_info(particles0, batched) -> tuple:
     if isinstance(particles0, jax.core.Tracer):
         return ()
     return (("starts", "per-replicate"), ("start_dispersion", start_dispersion(particles0)))
-
-
-def _solve_maybe_batched(sde, key, particles0, ts, batched, kwargs) -> Trajectory:
-    if not batched:
-        return solve(sde, key, particles0, ts=ts, **kwargs)
-    ts_known = None if ts is None else np.asarray(ts, np.float64)
-    p_axis = 0 if particles0.ndim == 3 else None
-    traj = jax.vmap(lambda k, p: solve(sde, k, p, ts=ts_known, **kwargs), in_axes=(0, p_axis))(key, particles0)
-    return traj._replace(ts=traj.ts[0], num_steps=traj.num_steps[0])
 
 
 def _fingerprint(fe: FreeEnergy, schedule: Callable) -> dict:

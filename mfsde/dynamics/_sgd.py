@@ -15,6 +15,7 @@ from ..diagnostics._moments import LawMoments
 from ..free_energy import FreeEnergy
 from ..particle_posterior import stein_residual
 from ._core import Trajectory
+from ._keys import as_keys
 from ._langevin import _STEIN_SEED, _unit_schedule
 
 __all__ = ["sgd"]
@@ -63,8 +64,7 @@ def _observe(fe, extra, theta, theta0, stein_key=None):
     return out
 
 
-@eqx.filter_jit
-def _run_block(step, extra, theta, theta0, key, k0, n, stein):
+def _block(step, extra, theta, theta0, key, k0, n, stein):
     def body(i, th):
         k = k0 + i
         return step(k, th, jax.random.fold_in(key, k))
@@ -72,6 +72,14 @@ def _run_block(step, extra, theta, theta0, key, k0, n, stein):
     theta = jax.lax.fori_loop(0, n, body, theta)
     stein_key = jax.random.fold_in(jax.random.key(_STEIN_SEED), k0 + n) if stein else None
     return theta, _observe(step.fe, extra, theta, theta0, stein_key)
+
+
+@eqx.filter_jit
+def _run_block(step, extra, theta, theta0, key, k0, n, stein, batched):
+    if not batched:
+        return _block(step, extra, theta, theta0, key, k0, n, stein)
+    # R replicates: keys (R,), theta and theta0 (R, N, D)
+    return jax.vmap(lambda th, th0, k: _block(step, extra, th, th0, k, k0, n, stein))(theta, theta0, key)
 
 
 def sgd(fe: FreeEnergy, key: PRNGKeyArray, particles0: Float[Array, "n d"], num_steps: int, step_size: float,
@@ -101,7 +109,9 @@ def sgd(fe: FreeEnergy, key: PRNGKeyArray, particles0: Float[Array, "n d"], num_
     Args:
         fe: free energy; its data (or population sampler) feed the minibatches and its
             ``risk`` is the saved risk.
-        key: PRNG key (batches and noise). particles0: (N, D) start, e.g. a prior sample.
+        key: PRNG key (batches and noise), or a batch of R keys (shape (R,); raw
+            ``PRNGKey`` keys (2,) / (R, 2) too) for R replicate runs, vmapped.
+        particles0: (N, D) start, e.g. a prior sample; with R keys also (R, N, D).
         num_steps, step_size: K steps of size η.
         batch_size: B (default: the whole data set; required with a population sampler).
         noise: add sqrt(2η_k/β) g (default: when β is finite).
@@ -112,7 +122,8 @@ def sgd(fe: FreeEnergy, key: PRNGKeyArray, particles0: Float[Array, "n d"], num_
         progress: tqdm bar over the save blocks (default: K >= 5000).
 
     Returns:
-        ``Trajectory`` with ts = k η at the saves, the final particles and observables
+        ``Trajectory`` with ts = k η at the saves, the final particles ((R, N, D) for R
+        replicates, observables then (R, T)) and observables
         risk, mean_sq_norm, max_displacement = max_i ‖θ_i − θ_i(0)‖ (laziness), the law's
         moments (``LawMoments``) and, with noise and the prior drift,
         stein_residual / stein_curvature (``mfsde.stein_residual``; its time average is the
@@ -120,7 +131,15 @@ def sgd(fe: FreeEnergy, key: PRNGKeyArray, particles0: Float[Array, "n d"], num_
     """
     if not isinstance(fe, FreeEnergy):
         raise TypeError(f"fe must be a mfsde.FreeEnergy, got {type(fe).__name__}")
-    particles0 = fe._check_particles(particles0).astype(fe.x.dtype)
+    key, batched = as_keys(key)
+    particles0 = jnp.asarray(particles0)
+    if batched:
+        if particles0.ndim == 3 and particles0.shape[0] != key.shape[0]:
+            raise ValueError(f"particles0 has {particles0.shape[0]} replicates for {key.shape[0]} keys")
+        fe._check_particles(particles0[0] if particles0.ndim == 3 else particles0)
+        particles0 = jnp.broadcast_to(particles0, (key.shape[0], *particles0.shape[-2:])).astype(fe.x.dtype)
+    else:
+        particles0 = fe._check_particles(particles0).astype(fe.x.dtype)
     if not bool(jnp.all(jnp.isfinite(particles0))):
         raise ValueError("particles0 contains non-finite values")
     if int(num_steps) != num_steps or num_steps < 1:
@@ -150,13 +169,17 @@ def sgd(fe: FreeEnergy, key: PRNGKeyArray, particles0: Float[Array, "n d"], num_
     # the Stein residual is zero-mean under p_N, the law noisy full-drift SGD approximates
     stein = noise and prior_drift
     theta = particles0
-    saves = [_observe(fe, extra, theta, particles0, jax.random.key(_STEIN_SEED) if stein else None)]
+    stein0 = jax.random.key(_STEIN_SEED) if stein else None
+    first = jax.vmap(lambda th, th0: _observe(fe, extra, th, th0, stein0)) if batched else (
+        lambda th, th0: _observe(fe, extra, th, th0, stein0))
+    saves = [first(theta, particles0)]
     ks = [0]
     for n in tqdm(blocks, desc="sgd", disable=not progress):
-        theta, obs = _run_block(step, extra, theta, particles0, key, jnp.asarray(ks[-1]), n, stein)
+        theta, obs = _run_block(step, extra, theta, particles0, key, jnp.asarray(ks[-1]), n, stein, batched)
         saves.append(obs)
         ks.append(ks[-1] + n)
-    observables_out = {name: jnp.stack([s[name] for s in saves]) for name in saves[0]}
+    # (T,) per observable, (R, T) for replicates (as langevin's)
+    observables_out = {name: jnp.stack([s[name] for s in saves], axis=-1) for name in saves[0]}
     info = (("sde", "sgd"), ("step_size", float(step_size)), ("batch_size", batch_size), ("noise", noise),
             ("prior_drift", prior_drift))
     return Trajectory(ts=jnp.asarray(np.asarray(ks) * float(step_size), fe.x.dtype), particles=theta,

@@ -39,7 +39,9 @@ import numpy as np
 from jaxtyping import Array, Float, PRNGKeyArray
 
 from ..free_energy import FreeEnergy
-from ._core import ParticleSDE, Trajectory, num_fixed_steps, solve
+from ._core import ParticleSDE, Trajectory, num_fixed_steps, solve_replicates
+from ._keys import as_keys
+from .._blocks import row_blocks, unblock
 
 __all__ = ["mckean_vlasov", "schrodinger_bridge", "gaussian_prior", "time_grid", "GreedyDrift", "BridgeDrift"]
 
@@ -154,13 +156,9 @@ class BridgeDrift(eqx.Module):
                  ) -> tuple[Float[Array, "n d"], Float[Array, " n"], Float[Array, " n"]]:
         """(û*(w_i, t), unbiased estimate of ½‖Σ^{-1/2}u*‖², inner ESS) for each particle."""
         s2 = jnp.maximum(1.0 - jnp.asarray(t, w.dtype), _MIN_REMAINING_TIME)
-        n, d = w.shape
-        c = min(self.particle_chunk, n)
-        k = -(-n // c)
-        wp = jnp.concatenate([w, jnp.broadcast_to(w[:1], (k * c - n, d))]) if k * c > n else w
-        keys = jax.random.split(key, k)
-        u, rate, ess = jax.lax.map(lambda a: self._estimate_chunk(s2, a[0], a[1]), (wp.reshape(k, c, d), keys))
-        return u.reshape(k * c, d)[:n], rate.reshape(-1)[:n], ess.reshape(-1)[:n]
+        blocks, _ = row_blocks(w, self.particle_chunk)
+        keys = jax.random.split(key, blocks.shape[0])
+        return unblock(jax.lax.map(lambda a: self._estimate_chunk(s2, a[0], a[1]), (blocks, keys)), w.shape[0])
 
     def __call__(self, t, y, args=None):
         u, rate, _ = self.estimate(t, y[:, : self.fe.dim], _step_key(self.key, t))
@@ -211,7 +209,8 @@ def time_grid(dt0: float, kind: str = "uniform") -> np.ndarray:
     return s if kind == "uniform" else 1.0 - (1.0 - s) ** 2
 
 
-def _solve_on_unit_interval(fe, drift, observables, key, n_particles, dt0, ts, solver, progress, mean, var, grid):
+def _solve_on_unit_interval(fe, drift, observables, key, n_particles, dt0, ts, solver, progress, mean, var, grid,
+                            batched=False):
     if not (isinstance(n_particles, (int, np.integer)) and n_particles >= 1):
         raise ValueError(f"n_particles must be a positive integer, got {n_particles!r}")
     steps = time_grid(float(dt0), grid)
@@ -223,10 +222,10 @@ def _solve_on_unit_interval(fe, drift, observables, key, n_particles, dt0, ts, s
                           jnp.zeros((n_particles, 1), dtype)], axis=1)
     noise = _ConstantNoise(jnp.concatenate([jnp.sqrt(jnp.asarray(var, dtype)), jnp.zeros(1, dtype)]))
     controller = None if grid == "uniform" else diffrax.StepTo(ts=jnp.asarray(steps, dtype))
-    traj = solve(ParticleSDE(drift, noise), key, y0, t0=0.0, t1=1.0, dt0=float(dt0),
-                 solver=diffrax.Euler() if solver is None else solver, observables=observables, ts=ts,
-                 stepsize_controller=controller, progress=progress)
-    return traj._replace(particles=traj.particles[:, : fe.dim])
+    traj = solve_replicates(ParticleSDE(drift, noise), key, y0, ts, batched, t0=0.0, t1=1.0, dt0=float(dt0),
+                            solver=diffrax.Euler() if solver is None else solver, observables=observables,
+                            stepsize_controller=controller, progress=progress)
+    return traj._replace(particles=traj.particles[..., : fe.dim])
 
 
 def _check_fe(fe):
@@ -250,21 +249,23 @@ def mckean_vlasov(fe: FreeEnergy, key: PRNGKeyArray, n_particles: int, dt0: floa
 
     Args:
         fe: free energy with a Gaussian prior with independent coordinates; finite β.
-        key: PRNG key of the Brownian motion.
+        key: PRNG key of the Brownian motion, or a batch of R keys (shape (R,); raw
+            ``PRNGKey`` keys too) for R replicate runs, vmapped.
         n_particles: N. dt0: step (default Euler–Maruyama, weak order 1).
         ts: save times in [0, 1] (default 21 points on the step grid).
         time_grid: "uniform" (default; the greedy drift is no stiffer near t = 1) or
             "quadratic" (``mfsde.dynamics.time_grid``).
 
     Returns:
-        ``Trajectory`` with particles W_1 (N, D) and observables risk, control_cost,
-        total_cost at ``ts``.
+        ``Trajectory`` with particles W_1 (N, D) ((R, N, D) for R keys) and observables
+        risk, control_cost, total_cost at ``ts`` ((R, T) for R keys).
     """
     _check_fe(fe)
+    key, batched = as_keys(key)
     mean, var = gaussian_prior(fe)
     drift = GreedyDrift(fe, jnp.asarray(var, fe.x.dtype))
     traj = _solve_on_unit_interval(fe, drift, TzenRaginskyObservables(fe), key, n_particles, dt0, ts, solver,
-                                   progress, mean, var, time_grid)
+                                   progress, mean, var, time_grid, batched)
     return traj._replace(info=traj.info + (("sde", "mckean_vlasov"),))
 
 
@@ -288,7 +289,10 @@ def schrodinger_bridge(fe: FreeEnergy, fixed_point_or_output, key: PRNGKeyArray,
         fe: free energy with a Gaussian prior with independent coordinates; finite β.
         fixed_point_or_output: ``mfsde.FixedPoint`` (its output f* and draws of ρ* are
             used) or the output f* (P,) of ρ* on the data.
-        key: PRNG key (Brownian motion, inner draws, and the MCMC / SMC run if needed).
+        key: PRNG key (Brownian motion, inner draws, and the MCMC / SMC run if needed), or a
+            batch of R keys (raw ``PRNGKey`` keys too) for R replicate runs: each its own
+            Brownian motion and inner draws, the pool and log Z shared (from the first key),
+            so with ``samples`` and ``log_normalizer`` given, replicate r is the run with key r.
         n_particles, dt0, n_inner: N, the step, inner draws per particle and step.
         estimator: "mis" (default; half the draws from each proposal), "gaussian" (only
             the Gaussian proposal) or "fixed_point" (only ρ* draws).
@@ -316,9 +320,11 @@ def schrodinger_bridge(fe: FreeEnergy, fixed_point_or_output, key: PRNGKeyArray,
     if not (isinstance(n_inner, (int, np.integer)) and n_inner >= smallest and n_inner % smallest == 0):
         raise ValueError(f"n_inner must be a multiple of {smallest} (two halves{' of two proposals' if smallest == 4 else ''})"
                          f" for estimator {estimator!r}, got {n_inner!r}")
+    key, batched = as_keys(key)
     mean, var = gaussian_prior(fe)
     dtype = fe.x.dtype
-    k_pool, k_z, k_inner, k_bm = jax.random.split(key, 4)
+    # replicates share the pool of ρ* draws and log Z, made from the first key
+    k_pool, k_z, k_inner, k_bm = jax.random.split(key[0] if batched else key, 4)
     if isinstance(fixed_point_or_output, FixedPoint):
         output = jnp.asarray(fixed_point_or_output.output, dtype)
         if samples is None:
@@ -344,9 +350,18 @@ def schrodinger_bridge(fe: FreeEnergy, fixed_point_or_output, key: PRNGKeyArray,
         particle_chunk = max(1, cap // n_inner)
     if not (isinstance(particle_chunk, (int, np.integer)) and particle_chunk >= 1):
         raise ValueError(f"particle_chunk must be a positive integer or 'auto', got {particle_chunk!r}")
-    drift = BridgeDrift(fe, output, pool, log_z, jnp.asarray(mean, dtype), jnp.asarray(var, dtype), k_inner,
-                        n_g, n_r, int(particle_chunk))
-    obs = TzenRaginskyObservables(fe, drift, int(num_ess))
-    traj = _solve_on_unit_interval(fe, drift, obs, k_bm, n_particles, dt0, ts, solver, progress, mean, var, time_grid)
+    def run(k_inner, k_bm):
+        drift = BridgeDrift(fe, output, pool, log_z, jnp.asarray(mean, dtype), jnp.asarray(var, dtype), k_inner,
+                            n_g, n_r, int(particle_chunk))
+        obs = TzenRaginskyObservables(fe, drift, int(num_ess))
+        return _solve_on_unit_interval(fe, drift, obs, k_bm, n_particles, dt0, ts, solver, progress, mean, var,
+                                       time_grid)
+
+    if batched:
+        split = jax.vmap(lambda k: jax.random.split(k, 4))(key)
+        traj = jax.vmap(run)(split[:, 2], split[:, 3])
+        traj = traj._replace(ts=traj.ts[0], num_steps=traj.num_steps[0])
+    else:
+        traj = run(k_inner, k_bm)
     return traj._replace(info=traj.info + (("sde", "schrodinger_bridge"), ("estimator", estimator),
                                            ("n_inner", int(n_inner)), ("log_normalizer", float(log_z))))
