@@ -203,6 +203,39 @@ class UnitModel(eqx.Module):
             raise ValueError(f"particles must have shape (N, {self.dim}), got {particles.shape}")
         return jax.vmap(self.constrain)(particles)
 
+    def gaussian_prior_moments(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """(mean (D,), covariance (D, D)) of π₀ in flat coordinates if every site is Gaussian
+        (``Normal``, any batch/event shape, or a full ``MultivariateNormal``), else None.
+
+        Gaussian sites have unbounded support, so their unconstrained coordinates are the
+        sites themselves and the moments are read off the distributions (block-diagonal
+        across sites, in trace order).
+        """
+        import numpyro.distributions as dist
+
+        with jax.ensure_compile_time_eval(), handlers.block(), handlers.trace() as tr:
+            handlers.seed(self.model, 0)(np.asarray(self.x_probe))
+        means, covs = [], []
+        for name, shape in zip(self.site_names, self.site_shapes):
+            fn = tr[name]["fn"]
+            while isinstance(fn, (dist.Independent, dist.ExpandedDistribution)):
+                fn = fn.base_dist
+            size = int(np.prod(shape))
+            if isinstance(fn, dist.Normal):
+                means.append(np.broadcast_to(np.asarray(fn.loc, np.float64), shape).reshape(-1))
+                covs.append(np.diag(np.broadcast_to(np.asarray(fn.scale, np.float64) ** 2, shape).reshape(-1)))
+            elif isinstance(fn, dist.MultivariateNormal) and fn.batch_shape == () and size == fn.event_shape[0]:
+                means.append(np.asarray(fn.loc, np.float64))
+                covs.append(np.asarray(fn.covariance_matrix, np.float64))
+            else:
+                return None
+        cov = np.zeros((self.dim, self.dim))
+        i = 0
+        for c in covs:
+            cov[i:i + len(c), i:i + len(c)] = c
+            i += len(c)
+        return np.concatenate(means), cov
+
     def prior_logdensity(self, theta: Float[Array, " d"]) -> Float[Array, ""]:
         """log π₀ in unconstrained coordinates, Jacobian included: −potential_fn(θ)."""
         return -self._potential_fn(self._unravel(theta))

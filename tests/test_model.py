@@ -153,3 +153,25 @@ def test_prior_sample_and_logdensity_jit_vmap(neuron):
     np.testing.assert_allclose(batched[1], um.prior_sample(keys[1], 4))
     lp = jax.jit(jax.vmap(um.prior_logdensity))(batched[0])
     np.testing.assert_allclose(lp, [um.prior_logdensity(t) for t in batched[0]], rtol=1e-12)
+
+
+def test_gaussian_prior_moments_read_off_the_sites():
+    """Normal and MultivariateNormal sites give their own moments, block-diagonal in trace
+    order (the flat coordinates of a Gaussian site are the site itself); any other site: None."""
+    cov_b = np.array([[1.0, 0.3], [0.3, 2.0]])
+
+    def gaussian(x):
+        a = numpyro.sample("a", dist.Normal(1.5, 0.5))
+        w = numpyro.sample("w", dist.Normal(jnp.array([0.0, -1.0, 2.0]), 3.0).to_event(1))
+        b = numpyro.sample("b", dist.MultivariateNormal(jnp.array([0.5, 0.0]), covariance_matrix=cov_b))
+        return a * jnp.tanh(x @ w) + b.sum()
+
+    unit = UnitModel(gaussian, jnp.ones((4, 3)))
+    mean, cov = unit.gaussian_prior_moments()
+    np.testing.assert_array_equal(mean, [1.5, 0.0, -1.0, 2.0, 0.5, 0.0])
+    expected = np.zeros((6, 6))
+    expected[0, 0] = 0.25
+    expected[1:4, 1:4] = 9.0 * np.eye(3)
+    expected[4:, 4:] = cov_b
+    np.testing.assert_allclose(cov, expected, rtol=1e-6)
+    assert UnitModel(constrained_unit, X).gaussian_prior_moments() is None  # HalfNormal, Uniform sites

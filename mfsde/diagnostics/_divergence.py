@@ -134,35 +134,9 @@ def w2_gaussian(p: Float[Array, "n d"], q: Float[Array, "m d"]) -> Float[Array, 
 
 
 def gaussian_prior_moments(fe) -> tuple[np.ndarray, np.ndarray] | None:
-    """(mean, covariance) of π₀ in flat coordinates if every site is Gaussian, else None."""
-    import numpyro.distributions as dist
-    from numpyro import handlers
-
-    with jax.ensure_compile_time_eval(), handlers.block(), handlers.trace() as tr:
-        handlers.seed(fe.unit.model, 0)(np.asarray(fe.unit.x_probe))
-    means, covs = [], []
-    for name, shape in zip(fe.unit.site_names, fe.unit.site_shapes):
-        fn = tr[name]["fn"]
-        while isinstance(fn, (dist.Independent, dist.ExpandedDistribution)):
-            fn = fn.base_dist
-        size = int(np.prod(shape))
-        if isinstance(fn, dist.Normal):
-            mean = np.broadcast_to(np.asarray(fn.loc, np.float64), shape).reshape(-1)
-            var = np.broadcast_to(np.asarray(fn.scale, np.float64) ** 2, shape).reshape(-1)
-            means.append(mean)
-            covs.append(np.diag(var))
-        elif isinstance(fn, dist.MultivariateNormal) and fn.batch_shape == () and size == fn.event_shape[0]:
-            means.append(np.asarray(fn.loc, np.float64))
-            covs.append(np.asarray(fn.covariance_matrix, np.float64))
-        else:
-            return None
-    d = sum(len(m) for m in means)
-    cov = np.zeros((d, d))
-    i = 0
-    for c in covs:
-        cov[i:i + len(c), i:i + len(c)] = c
-        i += len(c)
-    return np.concatenate(means), cov
+    """(mean, covariance) of π₀ in flat coordinates if every site is Gaussian, else None
+    (``UnitModel.gaussian_prior_moments`` of ``fe.unit``)."""
+    return fe.unit.gaussian_prior_moments()
 
 
 def w2_to_prior_bound(particles: Float[Array, "n d"], fe, moments=None) -> Float[Array, ""]:

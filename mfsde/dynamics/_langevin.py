@@ -16,7 +16,7 @@ from jaxtyping import Array, Float, PRNGKeyArray
 
 from ..free_energy import FreeEnergy
 from ..particle_posterior import stein_residual
-from ..diagnostics._divergence import gaussian_prior_moments, kl_to_prior, w2_to_prior_bound
+from ..diagnostics._divergence import kl_to_prior, w2_to_prior_bound
 from ..diagnostics._moments import LawMoments
 from ._checkpoint import solve_checkpointed
 from ._core import ParticleSDE, Trajectory, solve_replicates
@@ -197,7 +197,7 @@ def langevin(
     sde = ParticleSDE(LangevinDrift(fe, schedule), noise)
     if diagnostics is None:
         diagnostics = n <= _DIAGNOSTICS_MAX_N
-    moments = gaussian_prior_moments(fe) if diagnostics else None
+    moments = fe.unit.gaussian_prior_moments() if diagnostics else None
     if moments is not None:
         moments = tuple(jnp.asarray(m, particles0.dtype) for m in moments)
     obs = ParticleObservables(fe, tuple(sorted((observables or {}).items())), bool(diagnostics), moments,

@@ -29,7 +29,6 @@ def overdispersed_starts(fe: FreeEnergy, key: PRNGKeyArray, num_replicates: int,
     shows as disagreement between replicates, which R-hat measures; from one start law it
     cannot. Pass the result as ``particles0`` with a batch of R keys to ``mfsde.langevin``.
     """
-    from ..diagnostics._divergence import gaussian_prior_moments
 
     if int(num_replicates) != num_replicates or num_replicates < 1:
         raise ValueError(f"num_replicates must be a positive integer, got {num_replicates!r}")
@@ -38,7 +37,7 @@ def overdispersed_starts(fe: FreeEnergy, key: PRNGKeyArray, num_replicates: int,
     if not (isinstance(spread, (int, float)) and math.isfinite(spread) and spread >= 1.0):
         raise ValueError(f"spread must be a number >= 1, got {spread!r}")
     r = int(num_replicates)
-    moments = gaussian_prior_moments(fe)
+    moments = fe.unit.gaussian_prior_moments()
     k_centre, k_draw = jax.random.split(key)
     if moments is not None:
         centre = jnp.asarray(moments[0], fe.x.dtype)

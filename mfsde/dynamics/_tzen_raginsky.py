@@ -55,9 +55,7 @@ _MIN_REMAINING_TIME = 1e-12
 
 def gaussian_prior(fe: FreeEnergy) -> tuple[np.ndarray, np.ndarray]:
     """(m, diag Σ) of π₀ = N(m, Σ) in flat coordinates; ValueError unless Σ is diagonal."""
-    from ..diagnostics._divergence import gaussian_prior_moments
-
-    moments = gaussian_prior_moments(fe)
+    moments = fe.unit.gaussian_prior_moments()
     if moments is None:
         raise ValueError(
             "Tzen–Raginsky dynamics need a Gaussian prior N(m, Σ): every sample site of the unit model "
