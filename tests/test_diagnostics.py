@@ -176,7 +176,7 @@ def test_checkpoint_resume_equals_uninterrupted(lin, tmp_path, monkeypatch):
 
     import mfsde.dynamics._checkpoint as ck
 
-    real_save, calls = ck._save, []
+    real_save, calls = ck.CheckpointFile.save, []
 
     def dying_save(*args):
         real_save(*args)
@@ -184,10 +184,10 @@ def test_checkpoint_resume_equals_uninterrupted(lin, tmp_path, monkeypatch):
         if len(calls) == 3:
             raise KeyboardInterrupt("killed")
 
-    monkeypatch.setattr(ck, "_save", dying_save)
+    monkeypatch.setattr(ck.CheckpointFile, "save", dying_save)
     with pytest.raises(KeyboardInterrupt):
         mfsde.langevin(fe, jax.random.key(12), p0, checkpoint_path=tmp_path / "run.npz", **kw)
-    monkeypatch.setattr(ck, "_save", real_save)
+    monkeypatch.setattr(ck.CheckpointFile, "save", real_save)
     with np.load(tmp_path / "run.npz") as f:
         assert int(f["next_segment"]) == 3
     resumed = mfsde.langevin(fe, jax.random.key(12), p0, checkpoint_path=tmp_path / "run.npz", **kw)

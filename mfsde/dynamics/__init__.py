@@ -1,12 +1,12 @@
 """Mean-field particle dynamics on diffrax; one module per SDE family over a shared core."""
 
-from ._core import ParticleSDE, Trajectory, solve
+from ._core import ParticleSDE, Trajectory, drive, solve
 from ._langevin import LangevinDrift, LangevinNoise, ParticleObservables, langevin
-from ._sgd import sgd
+from ._sgd import SGDObservables, SGDStep, sgd
 from ._solver import LeimkuhlerMatthews
 from ._stability import max_curvature
 from ._starts import overdispersed_starts
 from ._tzen_raginsky import BridgeDrift, GreedyDrift, gaussian_prior, mckean_vlasov, schrodinger_bridge, time_grid
 
-__all__ = ["ParticleSDE", "Trajectory", "solve", "langevin", "LangevinDrift", "LangevinNoise", "ParticleObservables",
+__all__ = ["ParticleSDE", "Trajectory", "solve", "drive", "SGDStep", "SGDObservables", "langevin", "LangevinDrift", "LangevinNoise", "ParticleObservables",
            "LeimkuhlerMatthews", "overdispersed_starts", "max_curvature", "sgd", "mckean_vlasov", "schrodinger_bridge", "gaussian_prior", "time_grid", "GreedyDrift", "BridgeDrift"]

@@ -1,10 +1,14 @@
-"""The particle-SDE core shared by every mean-field dynamics: diffrax terms over (N, D).
+"""The one driver every mean-field dynamics family runs through.
 
-A mean-field SDE here is dΘ = b(t, Θ) dt + g(t) dB on the whole (N, D) particle array,
-with isotropic additive noise of scale g(t) (or none: an ODE). ``solve`` turns it into
-diffrax terms (``MultiTerm(ODETerm, ControlTerm)`` with a lineax diagonal operator), picks
-the Brownian path, saves only observables (``SaveAt(fn=...)``) plus the final state, shows
-a ``TqdmProgressMeter`` on long runs and sets ``max_steps`` from t1/dt0.
+A family declares a ``ParticleSDE``: dΘ = b(t, Θ) dt + g(t) dB on the whole particle
+state (N, D) (or (N, D + k) with noiseless extra columns such as a control cost), with
+additive noise of scale g(t) (or none: an ODE), and optionally a discrete
+``jump(key, t, Θ) -> Θ`` every k steps (a resampling or birth–death step; with no drift
+the chain is the jumps alone, as SGD). ``drive`` owns everything else: saving observables
+on the step grid, the progress bar, replicates from a batch of keys, checkpoint/resume and
+the ``Trajectory``. ``solve`` turns the SDE into diffrax terms (``MultiTerm(ODETerm,
+ControlTerm)`` with a lineax diagonal operator), picks the Brownian path, saves only
+observables (``SaveAt(fn=...)``) plus the final state and sets ``max_steps`` from t1/dt0.
 """
 
 from __future__ import annotations
@@ -19,9 +23,14 @@ import jax
 import jax.numpy as jnp
 import lineax as lx
 import numpy as np
+import tqdm
 from jaxtyping import Array, Float, PRNGKeyArray
 
-__all__ = ["ParticleSDE", "Trajectory", "solve", "solve_replicates"]
+from . import _checkpoint
+from ._keys import as_keys
+from ._starts import start_dispersion
+
+__all__ = ["ParticleSDE", "Trajectory", "solve", "drive"]
 
 # Runs of at least this many steps show a progress bar unless progress=False.
 _PROGRESS_MIN_STEPS = 5000
@@ -48,16 +57,24 @@ class Trajectory(eqx.Module):
 
 
 class ParticleSDE(eqx.Module):
-    """dΘ = drift(t, Θ) dt + noise_scale(t) dB over an (N, D) particle array.
+    """dΘ = drift(t, Θ) dt + noise_scale(t) dB over a particle state Θ (N, D), and every
+    ``jump_every`` steps a discrete jump Θ ← jump(key, t, Θ).
 
-    ``drift(t, Θ, args) -> (N, D)``; ``noise_scale(t) -> scalar`` (isotropic) or a (D,)
-    row of per-coordinate scales (diagonal), or ``None`` for an ODE.
-    Both should be equinox Modules (or other stable callables) so that repeated solves
-    reuse the compiled program.
+    ``drift(t, Θ, args) -> (N, D)`` (``args`` is the run's start Θ_0), or ``None``: no
+    diffrax term, the chain is the jumps alone (then ``jump_every`` is 1). ``noise_scale(t)
+    -> scalar`` (isotropic) or a (D,) row of per-coordinate scales (diagonal), or ``None``
+    for an ODE. With a jump, interval m of ``jump_every`` steps, from t_a = t0 + a·dt0
+    (a = m·jump_every), first applies ``jump(fold_in(key_jump, a), t_a, Θ)`` and then the
+    SDE over [t_a, t_a + jump_every·dt0]; key_jump is the run's key when there is no drift
+    (so step k of SGD draws from ``fold_in(key, k)``), else the second half of its split.
+    All three should be equinox Modules (or other stable callables) so that repeated
+    solves reuse the compiled program.
     """
 
-    drift: Callable
+    drift: Callable | None = None
     noise_scale: Callable | None = None
+    jump: Callable | None = None
+    jump_every: int = eqx.field(static=True, default=1)
 
 
 class _DiagonalDiffusion(eqx.Module):
@@ -154,8 +171,12 @@ def solve(
     progress: bool | None = None,
     adjoint: diffrax.AbstractAdjoint | None = None,
     max_steps: int | None = None,
+    args=None,
 ) -> Trajectory:
     """Solve a particle SDE with diffrax, saving ``observables(t, Θ, args) -> dict`` at ``ts``.
+
+    ``args`` goes to the drift and the observables (``drive`` passes the run's start Θ_0).
+    An SDE with a ``jump`` runs as blocks of jump intervals (``_solve_jumps``).
 
     Fixed steps (no controller, ``ConstantStepSize``, or a ``StepTo`` grid) draw Brownian increments with
     ``UnsafeBrownianPath`` (one normal draw per step, no tree) and solve with
@@ -170,6 +191,13 @@ def solve(
         raise ValueError(f"need finite t0 < t1, got t0={t0}, t1={t1}")
     if not (math.isfinite(dt0) and dt0 > 0):
         raise ValueError(f"dt0 must be a positive number, got {dt0}")
+    if sde.jump is not None or sde.drift is None:
+        if stepsize_controller is not None and not isinstance(stepsize_controller, diffrax.ConstantStepSize):
+            raise ValueError("an SDE with jumps runs on fixed steps: pass no stepsize_controller")
+        n = _whole_steps(t0, t1, dt0, "a run with jumps")
+        return _solve_jumps(sde, key, y0, args, t0=t0, dt0=dt0, first=0, last=n, solver=solver,
+                            observables=observables, save_steps=_jump_save_steps(ts, t0, dt0, n, sde.jump_every),
+                            progress=n >= _PROGRESS_MIN_STEPS if progress is None else progress)
     if stepsize_controller is None:
         stepsize_controller = diffrax.ConstantStepSize()
     fixed = isinstance(stepsize_controller, diffrax.ConstantStepSize)
@@ -190,17 +218,7 @@ def solve(
     if fixed and sde.noise_scale is not None and not isinstance(ts, jax.core.Tracer):
         ts = _snap_to_steps(ts, t0, t1, dt0)
 
-    drift = diffrax.ODETerm(sde.drift)
-    if sde.noise_scale is None:
-        terms = drift
-    else:
-        shape = jax.ShapeDtypeStruct(y0.shape, y0.dtype)
-        levy = _levy_area(solver)
-        if fixed or step_to:
-            bm = diffrax.UnsafeBrownianPath(shape=shape, key=key, levy_area=levy)
-        else:
-            bm = diffrax.VirtualBrownianTree(t0, t1, tol=dt0 / 100, shape=shape, key=key, levy_area=levy)
-        terms = diffrax.MultiTerm(drift, diffrax.ControlTerm(_DiagonalDiffusion(sde.noise_scale), bm))
+    terms = _terms(sde.drift, sde.noise_scale, key, y0, solver, None if fixed or step_to else (t0, t1, dt0))
 
     if progress is None:
         progress = n_steps >= _PROGRESS_MIN_STEPS
@@ -230,6 +248,7 @@ def solve(
         t1,
         None if step_to else dt0,
         y0,
+        args=args,
         saveat=saveat,
         stepsize_controller=stepsize_controller,
         adjoint=diffrax.ForwardMode() if adjoint is None else adjoint,
@@ -247,13 +266,282 @@ def solve(
                       info=info)
 
 
-def solve_replicates(sde: ParticleSDE, key: PRNGKeyArray, y0: Array, ts, batched: bool, **kwargs) -> Trajectory:
-    """``solve``, or with ``batched`` R replicate solves vmapped over a batch of keys (R,) and
-    a shared start (N, D) or per-replicate starts (R, N, D): particles (R, N, D),
-    observables (R, T), one shared ``ts``."""
+def _terms(drift, noise_scale, key, y0, solver, tree: tuple[float, float, float] | None):
+    """diffrax terms of dΘ = drift dt + noise_scale dB; ``tree`` = (t0, t1, dt0) asks for a
+    VirtualBrownianTree (adaptive steps), else one normal draw per step."""
+    term = diffrax.ODETerm(drift)
+    if noise_scale is None:
+        return term
+    shape = jax.ShapeDtypeStruct(y0.shape, y0.dtype)
+    levy = _levy_area(solver)
+    if tree is None:
+        bm = diffrax.UnsafeBrownianPath(shape=shape, key=key, levy_area=levy)
+    else:
+        t0, t1, dt0 = tree
+        bm = diffrax.VirtualBrownianTree(t0, t1, tol=dt0 / 100, shape=shape, key=key, levy_area=levy)
+    return diffrax.MultiTerm(term, diffrax.ControlTerm(_DiagonalDiffusion(noise_scale), bm))
+
+
+def _whole_steps(t0: float, t1: float, dt0: float, what: str) -> int:
+    n = num_fixed_steps(t0, t1, dt0)
+    if abs((t1 - t0) / dt0 - n) > 1e-6:
+        raise ValueError(f"{what} needs (t1 - t0) / dt0 to be a whole number of steps, got {(t1 - t0) / dt0:g}")
+    return n
+
+
+def _jump_save_steps(ts, t0: float, dt0: float, n: int, every: int) -> np.ndarray:
+    """Save step indices of a run with jumps: each time moved to the nearest boundary of a
+    jump interval (a multiple of ``every`` steps), where the state is the chain's own."""
+    if n % every:
+        raise ValueError(f"the run's {n} steps are not a whole number of jump intervals of {every} steps")
+    m = n // every
+    if ts is None:
+        return np.unique(np.round(np.linspace(0, m, min(101, m + 1))).astype(np.int64)) * every
+    if isinstance(ts, jax.core.Tracer):
+        raise ValueError("a run with jumps needs save times known at trace time (not traced)")
+    ts = np.asarray(ts, np.float64)
+    if ts.ndim != 1 or not ts.size:
+        raise ValueError(f"ts must be a non-empty 1-D array of times, got shape {ts.shape}")
+    ks = np.clip(np.rint((ts - t0) / (every * dt0)), 0, m).astype(np.int64) * every
+    if np.any(np.diff(ks) <= 0):
+        raise ValueError(f"ts must be increasing, at most one save per jump interval of {every} steps of "
+                         f"dt0 = {dt0:g} (nearest interval ends: {ks.tolist()})")
+    return ks
+
+
+class _Shifted(eqx.Module):
+    # f(t) of an interval solved on [0, J dt0]: the same static step grid for every interval.
+    fn: Callable
+    offset: Array
+
+    def __call__(self, t, *rest):
+        return self.fn(t + self.offset, *rest)
+
+
+def _jump_steps(sde: ParticleSDE, solver, key, y, args, k0, num: int, t0: float, dt0: float):
+    """Steps k0 .. k0 + num − 1 of a chain with jumps (``ParticleSDE``), from state y."""
+    if sde.drift is None:
+        def step(i, y):
+            k = k0 + i
+            return sde.jump(jax.random.fold_in(key, k), t0 + k * dt0, y)
+
+        return jax.lax.fori_loop(0, num, step, y)
+    every = sde.jump_every
+    k_noise, k_jump = jax.random.split(key)
+
+    def interval(m, y):
+        a = k0 + m * every
+        t_a = t0 + a * dt0
+        if sde.jump is not None:
+            y = sde.jump(jax.random.fold_in(k_jump, a), t_a, y)
+        noise = None if sde.noise_scale is None else _Shifted(sde.noise_scale, t_a)
+        terms = _terms(_Shifted(sde.drift, t_a), noise, jax.random.fold_in(k_noise, a), y, solver, None)
+        sol = diffrax.diffeqsolve(terms, solver, 0.0, every * dt0, dt0, y, args=args, saveat=diffrax.SaveAt(t1=True),
+                                  adjoint=diffrax.ForwardMode(), max_steps=every + 1)
+        return sol.ys[-1]
+
+    return jax.lax.fori_loop(0, num // every, interval, y)
+
+
+@eqx.filter_jit
+def _jump_block(sde, solver, observables, key, y, args, k0, num, t0, dt0, batched):
+    def block(key, y, args):
+        y = _jump_steps(sde, solver, key, y, args, k0, num, t0, dt0)
+        return y, observables(t0 + (k0 + num) * dt0, y, args)
+
+    return jax.vmap(block)(key, y, args) if batched else block(key, y, args)
+
+
+@eqx.filter_jit
+def _observe(observables, t, y, args, batched):
+    return jax.vmap(lambda y, a: observables(t, y, a))(y, args) if batched else observables(t, y, args)
+
+
+def _solve_jumps(sde, key, y, args, *, t0, dt0, first, last, solver, observables, save_steps, progress,
+                 batched=False):
+    """Steps first .. last − 1 of a chain with jumps in jitted blocks between the save steps
+    in (first, last] (and at ``first`` if it is one): (final state, observables (T,) or
+    (R, T)). Its draws depend on the global step index only, so any split into blocks or
+    checkpoint segments gives the same chain. With ``batched``, y and args are (R, ...)."""
+    wanted = [int(k) for k in save_steps if first <= k <= last]
+    saves = []
+    if wanted and wanted[0] == first:
+        saves.append(_observe(observables, t0 + first * dt0, y, args, batched))
+    bounds = sorted(set(k for k in wanted if k > first) | {last})
+    k = first
+    for b in tqdm.tqdm(bounds, desc="steps", unit="save", disable=not progress):
+        y, obs = _jump_block(sde, solver, observables, key, y, args, jnp.asarray(k), b - k, t0, dt0, batched)
+        if b in wanted:
+            saves.append(obs)
+        k = b
+    obs = {name: jnp.stack([s[name] for s in saves], axis=-1) for name in saves[0]} if saves else {}
+    return Trajectory(ts=jnp.asarray(t0 + np.asarray(wanted) * dt0, y.dtype), particles=y, observables=obs,
+                      num_steps=jnp.asarray(last - first),
+                      info=(("solver", "jumps" if sde.drift is None else type(solver).__name__), ("dt0", float(dt0)),
+                            ("t0", float(t0)), ("t1", float(t0 + last * dt0)), ("jump_every", sde.jump_every)))
+
+
+def _replicates(sde_of, key, y0, args, ts, batched: bool, **kwargs) -> Trajectory:
+    """``solve`` of the SDE ``sde_of(key) -> (ParticleSDE, noise key)``, or with ``batched`` R
+    replicate solves vmapped over a batch of keys (R,) and a shared start (N, D) or
+    per-replicate starts (R, N, D): particles (R, N, D), observables (R, T), one ``ts``."""
+    def one(key, y, a, ts):
+        sde, k, *obs = sde_of(key)
+        return solve(sde, k, y, ts=ts, args=a, **(dict(kwargs, observables=obs[0]) if obs else kwargs))
+
     if not batched:
-        return solve(sde, key, y0, ts=ts, **kwargs)
+        return one(key, y0, args, ts)
     ts_known = None if ts is None else np.asarray(ts, np.float64)
-    y_axis = 0 if y0.ndim == 3 else None
-    traj = jax.vmap(lambda k, y: solve(sde, k, y, ts=ts_known, **kwargs), in_axes=(0, y_axis))(key, y0)
+    axis = 0 if y0.ndim == 3 else None
+
+    traj = jax.vmap(lambda k, y, a: one(k, y, a, ts_known), in_axes=(0, axis, 0 if args.ndim == 3 else None))(
+        key, y0, args)
     return traj._replace(ts=traj.ts[0], num_steps=traj.num_steps[0])
+
+
+def drive(sde, key, y0: Float[Array, "n d"], *, t0: float, t1: float, dt0: float, solver=None,
+          observables: Callable, ts=None, stepsize_controller=None, progress: bool | None = None,
+          adjoint=None, max_steps: int | None = None, checkpoint_every: int | None = None,
+          checkpoint_path=None, fingerprint: dict | None = None, info: tuple = ()) -> Trajectory:
+    """Run one dynamics family: the driver that owns keys, replicates, checkpoints, saving
+    and the ``Trajectory``.
+
+    Args:
+        sde: a ``ParticleSDE``, or ``sde_of(key) -> (ParticleSDE, noise key[, observables])``
+            when the family's terms (and observables) depend on the replicate's key (the
+            bridge's inner draws); diffrax families only.
+        key: one key or a batch of R keys (typed or raw, ``as_keys``): R replicate runs,
+            vmapped, from ``y0`` of shape (N, D) (shared) or (R, N, D); particles and
+            observables then carry a leading replicate axis, and ``info`` records how the
+            replicates started (``start_dispersion``). ``None`` for an ODE.
+        t0, t1, dt0, solver, ts, stepsize_controller, adjoint, max_steps: as ``solve``.
+        observables: ``observables(t, Θ, Θ_0) -> dict`` of scalars.
+        checkpoint_every, checkpoint_path: run in segments of this many fixed steps and write
+            the state after each to ``checkpoint_path`` (an .npz, replaced atomically); a
+            rerun resumes from it; a file that is unreadable or was written by a different
+            run (``fingerprint``, sizes, times, key) raises ``ValueError``. A diffrax
+            segment s draws its noise from ``fold_in(key, s)`` (a resumed run equals the
+            uninterrupted checkpointed run exactly; it is another Brownian path than the
+            unsegmented run's); a chain of jumps alone draws from the global step index,
+            so its checkpointed run equals the unsegmented one.
+        fingerprint: what identifies the run for checkpoints (data, β, family options).
+        info: the family's static description, appended to the trajectory's.
+    """
+    if key is None:
+        batched = False
+    else:
+        key, batched = as_keys(key)
+    sde_of = sde if not isinstance(sde, ParticleSDE) else (lambda k: (sde, k))
+    y0 = jnp.asarray(y0)
+    if batched and y0.ndim == 3 and y0.shape[0] != key.shape[0]:
+        raise ValueError(f"the start has {y0.shape[0]} replicates for {key.shape[0]} keys")
+    kwargs = dict(t0=float(t0), t1=float(t1), dt0=float(dt0), solver=solver, observables=observables,
+                  stepsize_controller=stepsize_controller, progress=progress, adjoint=adjoint, max_steps=max_steps)
+    probe = sde_of(key[0] if batched else key)[0]
+    jumps = probe.jump is not None or probe.drift is None
+    if jumps and key is None:
+        raise ValueError("a run with jumps draws from its key: pass a key")
+    if jumps and batched:
+        y0 = jnp.broadcast_to(y0, (key.shape[0], *y0.shape[-2:]))
+    args = y0
+    if checkpoint_every is not None or checkpoint_path is not None:
+        if checkpoint_every is None or checkpoint_path is None:
+            raise ValueError("checkpointing needs both checkpoint_every (steps) and checkpoint_path")
+        if stepsize_controller is not None and not isinstance(stepsize_controller, diffrax.ConstantStepSize):
+            raise ValueError("checkpointing needs fixed step sizes")
+        traj = _segmented(sde_of, key, y0, args, ts, batched, jumps, int(checkpoint_every), checkpoint_path,
+                          fingerprint or {}, **kwargs)
+    elif jumps:
+        traj = _run_jumps(sde_of, key, y0, args, ts, batched, **kwargs)
+    else:
+        traj = _replicates(sde_of, key, y0, args, ts, batched, **kwargs)
+    return traj._replace(info=traj.info + tuple(info) + _start_info(y0, batched, jumps))
+
+
+def _run_jumps(sde_of, key, y0, args, ts, batched, *, t0, t1, dt0, solver, observables, progress,
+               stepsize_controller=None, first=0, last=None, save_steps=None, **unused):
+    sde = sde_of(key[0] if batched else key)[0]
+    if stepsize_controller is not None and not isinstance(stepsize_controller, diffrax.ConstantStepSize):
+        raise ValueError("an SDE with jumps runs on fixed steps: pass no stepsize_controller")
+    n = _whole_steps(t0, t1, dt0, "a run with jumps")
+    if save_steps is None:
+        save_steps = _jump_save_steps(ts, t0, dt0, n, sde.jump_every)
+    last = n if last is None else last
+    if progress is None:
+        progress = last - first >= _PROGRESS_MIN_STEPS
+    return _solve_jumps(sde, key, y0, args, t0=t0, dt0=dt0, first=first, last=last, solver=solver,
+                        observables=observables, save_steps=save_steps, progress=progress, batched=batched)
+
+
+def _segmented(sde_of, key, y0, args, ts, batched, jumps, every, path, fingerprint, *, t0, t1, dt0, progress,
+               **kwargs) -> Trajectory:
+    """Segments of ``every`` steps, each followed by a checkpoint; resumes from the file."""
+    if every < 1:
+        raise ValueError(f"checkpoint_every must be a positive number of steps, got {every}")
+    n = _whole_steps(t0, t1, dt0, "checkpointing")
+    probe = sde_of(key[0] if batched else key)[0]
+    if jumps:
+        if every % probe.jump_every:
+            raise ValueError(f"checkpoint_every must be a multiple of the {probe.jump_every} steps between jumps")
+        ks = _jump_save_steps(ts, t0, dt0, n, probe.jump_every)
+    else:
+        ts = np.linspace(t0, t1, min(101, n + 1)) if ts is None else np.asarray(ts, np.float64)
+        ks = np.rint((ts - t0) / dt0).astype(np.int64)
+        if ts.ndim != 1 or np.any(np.abs((ts - t0) / dt0 - ks) > 1e-6) or np.any(ks < 0) or np.any(ks > n) \
+                or np.any(np.diff(ks) <= 0):
+            raise ValueError("with checkpointing, ts must be increasing times on the step grid t0 + k dt0 in [t0, t1]")
+    file = _checkpoint.CheckpointFile(path, dict(fingerprint, t0=t0, t1=t1, dt0=dt0, checkpoint_every=every,
+                                                 ts_steps=ks.tolist(), particles_shape=list(y0.shape),
+                                                 key=_checkpoint.key_data(key)))
+    n_seg = math.ceil(n / every)
+    y, start, obs = y0, 0, {}
+    state = file.load()
+    if state is not None:
+        y, start, obs = jnp.asarray(state.particles, y0.dtype), state.next_segment, state.observables
+    show = n >= _PROGRESS_MIN_STEPS if progress is None else progress
+    axis = 1 if batched else 0
+    bar = tqdm.tqdm(total=n_seg, initial=start, unit="segment", disable=not show)
+    for s in range(start, n_seg):
+        a, b = s * every, min((s + 1) * every, n)
+        wanted = ks[(ks > a) & (ks <= b)] if s else ks[ks <= b]
+        if jumps:
+            traj = _run_jumps(sde_of, key, y, args, None, batched, t0=t0, t1=t1, dt0=dt0, progress=False,
+                              first=a, last=b, save_steps=wanted, **kwargs)
+            rows = {k: np.asarray(v) for k, v in traj.observables.items()}
+        else:
+            seg_ks = np.union1d(wanted, [b])
+
+            def seg_sde(k, s=s):
+                sde, noise_key, *obs = sde_of(k)
+                return sde, jax.random.fold_in(noise_key, s), *obs
+
+            traj = _replicates(seg_sde, key, y, args, t0 + seg_ks * dt0, batched,
+                               **dict(kwargs, t0=t0 + a * dt0, t1=t0 + b * dt0, dt0=dt0, progress=False))
+            keep = np.isin(seg_ks, wanted)
+            rows = {k: np.compress(keep, np.asarray(v), axis=axis) for k, v in traj.observables.items()}
+        for name, values in rows.items():
+            obs.setdefault(name, []).extend(np.moveaxis(values, axis, 0))
+        y = traj.particles
+        file.save(y, s + 1, obs)
+        bar.update(1)
+    bar.close()
+    observables = {k: jnp.asarray(np.moveaxis(np.stack(v), 0, axis)) for k, v in obs.items()}
+    solver = kwargs.get("solver")
+    info = (("solver", "jumps" if probe.drift is None else type(solver).__name__), ("dt0", dt0), ("t0", t0),
+            ("t1", t1), ("controller", "ConstantStepSize"), ("checkpoint_every", every))
+    return Trajectory(ts=jnp.asarray(t0 + ks * dt0, y0.dtype), particles=y, observables=observables,
+                      num_steps=jnp.asarray(n), info=info)
+
+
+def _start_info(y0, batched: bool, broadcast: bool) -> tuple:
+    """How the replicates started: one shared cloud, or per-replicate clouds and how
+    differently they are distributed (``start_dispersion``); nothing under tracing."""
+    if not batched:
+        return ()
+    if y0.ndim == 2:
+        return (("starts", "shared"),)
+    if isinstance(y0, jax.core.Tracer):
+        return ()
+    if broadcast and bool(jnp.all(y0 == y0[:1])):
+        return (("starts", "shared"),)
+    return (("starts", "per-replicate"), ("start_dispersion", start_dispersion(y0)))

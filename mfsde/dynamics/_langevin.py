@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import math
 import os
 from collections.abc import Callable
@@ -18,11 +17,10 @@ from ..free_energy import FreeEnergy
 from ..particle_posterior import stein_residual
 from ..diagnostics._divergence import kl_to_prior, w2_to_prior_bound
 from ..diagnostics._moments import LawMoments
-from ._checkpoint import solve_checkpointed
-from ._core import ParticleSDE, Trajectory, solve_replicates
+from ._checkpoint import data_fingerprint
+from ._core import ParticleSDE, Trajectory, drive
 from ._keys import as_keys
 from ._solver import LeimkuhlerMatthews
-from ._starts import start_dispersion
 
 # In-run diagnostics (k-NN KL, O(N² D) per save) are on by default up to this many particles.
 _DIAGNOSTICS_MAX_N = 16384
@@ -207,45 +205,8 @@ def langevin(
     elif noise is None and isinstance(solver, LeimkuhlerMatthews):
         raise ValueError("LeimkuhlerMatthews is a scheme for the noisy dynamics; at beta = inf use diffrax.Euler() "
                          "or an adaptive ODE solver")
-    kwargs = dict(
-        t0=float(t0),
-        t1=float(t1),
-        dt0=float(dt0),
-        solver=solver,
-        observables=obs,
-        stepsize_controller=stepsize_controller,
-        progress=progress,
-        adjoint=adjoint,
-        max_steps=max_steps,
-    )
-    if checkpoint_every is not None or checkpoint_path is not None:
-        if checkpoint_every is None or checkpoint_path is None:
-            raise ValueError("checkpointing needs both checkpoint_every (steps) and checkpoint_path")
-        if stepsize_controller is not None and not isinstance(stepsize_controller, diffrax.ConstantStepSize):
-            raise ValueError("checkpointing needs fixed step sizes")
-        traj = solve_checkpointed(sde, key, particles0, ts=ts, batched=batched, checkpoint_every=int(checkpoint_every),
-                                  checkpoint_path=checkpoint_path, fingerprint=_fingerprint(fe, schedule), **kwargs)
-        return traj._replace(info=traj.info + _start_info(particles0, batched))
-    traj = solve_replicates(sde, key, particles0, ts, batched, **kwargs)
-    return traj._replace(info=traj.info + _start_info(particles0, batched))
-
-
-def _start_info(particles0, batched) -> tuple:
-    """How the replicates started: one shared cloud, or per-replicate clouds and how
-    differently they are distributed (``start_dispersion``); nothing under tracing."""
-    if not batched:
-        return ()
-    if particles0.ndim == 2:
-        return (("starts", "shared"),)
-    if isinstance(particles0, jax.core.Tracer):
-        return ()
-    return (("starts", "per-replicate"), ("start_dispersion", start_dispersion(particles0)))
-
-
-def _fingerprint(fe: FreeEnergy, schedule: Callable) -> dict:
-    digest = hashlib.sha256()
-    for a in (fe.x, fe.y):
-        digest.update(np.ascontiguousarray(np.asarray(a)).tobytes())
-    return dict(data_sha256=digest.hexdigest(), beta=repr(fe.beta), dim=fe.dim, sites=list(fe.unit.site_names),
-                schedule=getattr(schedule, "__qualname__", repr(schedule)))
-
+    return drive(sde, key, particles0, t0=float(t0), t1=float(t1), dt0=float(dt0), solver=solver, observables=obs,
+                 ts=ts, stepsize_controller=stepsize_controller, progress=progress, adjoint=adjoint,
+                 max_steps=max_steps, checkpoint_every=checkpoint_every, checkpoint_path=checkpoint_path,
+                 fingerprint=dict(data_fingerprint(fe), family="langevin",
+                                  schedule=getattr(schedule, "__qualname__", repr(schedule))))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Callable
 
 import equinox as eqx
@@ -14,15 +15,17 @@ from jaxtyping import Array, Float, PRNGKeyArray
 from ..diagnostics._moments import LawMoments
 from ..free_energy import FreeEnergy
 from ..particle_posterior import stein_residual
-from ._core import Trajectory
+from ._checkpoint import data_fingerprint
+from ._core import ParticleSDE, Trajectory, drive
 from ._keys import as_keys
 from ._langevin import _STEIN_SEED, _unit_schedule
 
-__all__ = ["sgd"]
+__all__ = ["sgd", "SGDStep", "SGDObservables"]
 
 
-class _SGDStep(eqx.Module):
-    """One step θ ← θ + η_k [−∇̂Ψ + β⁻¹∇log π₀] + sqrt(2η_k/β) g on the (N, D) array."""
+class SGDStep(eqx.Module):
+    """One step of SGD as a jump of the driver: at time t (step k = t/η) with key k,
+    θ ← θ + η_k [−∇̂Ψ + β⁻¹∇log π₀] + sqrt(2η_k/β) g on the (N, D) array, η_k = η ξ(t)."""
 
     fe: FreeEnergy
     step_size: float = eqx.field(static=True)
@@ -40,10 +43,10 @@ class _SGDStep(eqx.Module):
         idx = jax.random.randint(key, (self.batch_size,), 0, fe.num_data)
         return fe.x[idx], fe.y[idx]
 
-    def __call__(self, k, theta, key):
+    def __call__(self, key, t, theta):
         kb, kn = jax.random.split(key)
         xb, yb = self.batch(kb)
-        eta = self.step_size * self.schedule(k * self.step_size)
+        eta = self.step_size * self.schedule(t)
         drift = -self.fe.grad_potential_and_output(theta, xb, yb)[0]
         if self.prior_drift:
             drift = drift + self.fe.grad_prior_logdensity(theta) / self.fe.beta
@@ -53,39 +56,35 @@ class _SGDStep(eqx.Module):
         return theta
 
 
-def _observe(fe, extra, theta, theta0, stein_key=None):
-    out = {"risk": fe.risk(theta), "mean_sq_norm": jnp.mean(jnp.sum(theta**2, axis=1)),
-           "max_displacement": jnp.max(jnp.linalg.norm(theta - theta0, axis=1))}
-    out.update(LawMoments.of(fe.unit)(theta))
-    if stein_key is not None:
-        out["stein_residual"], out["stein_curvature"] = stein_residual(fe, theta, stein_key)
-    for name, fn in extra:
-        out[name] = fn(theta)
-    return out
+class SGDObservables(eqx.Module):
+    """risk, mean_sq_norm, max_displacement = max_i ‖θ_i − θ_i(0)‖ (from the start Θ_0 the
+    driver passes), the law's moments and, with ``stein``, the Stein residual with the
+    probe of step k = t/η; plus the extras."""
 
+    fe: FreeEnergy
+    step_size: float = eqx.field(static=True)
+    stein: bool = eqx.field(static=True)
+    extra: tuple[tuple[str, Callable], ...] = eqx.field(static=True, default=())
 
-def _block(step, extra, theta, theta0, key, k0, n, stein):
-    def body(i, th):
-        k = k0 + i
-        return step(k, th, jax.random.fold_in(key, k))
-
-    theta = jax.lax.fori_loop(0, n, body, theta)
-    stein_key = jax.random.fold_in(jax.random.key(_STEIN_SEED), k0 + n) if stein else None
-    return theta, _observe(step.fe, extra, theta, theta0, stein_key)
-
-
-@eqx.filter_jit
-def _run_block(step, extra, theta, theta0, key, k0, n, stein, batched):
-    if not batched:
-        return _block(step, extra, theta, theta0, key, k0, n, stein)
-    # R replicates: keys (R,), theta and theta0 (R, N, D)
-    return jax.vmap(lambda th, th0, k: _block(step, extra, th, th0, k, k0, n, stein))(theta, theta0, key)
+    def __call__(self, t, theta, theta0):
+        fe = self.fe
+        out = {"risk": fe.risk(theta), "mean_sq_norm": jnp.mean(jnp.sum(theta**2, axis=1)),
+               "max_displacement": jnp.max(jnp.linalg.norm(theta - theta0, axis=1))}
+        out.update(LawMoments.of(fe.unit)(theta))
+        if self.stein:
+            k = jnp.rint(t / self.step_size).astype(jnp.int32)
+            out["stein_residual"], out["stein_curvature"] = stein_residual(
+                fe, theta, jax.random.fold_in(jax.random.key(_STEIN_SEED), k))
+        for name, fn in self.extra:
+            out[name] = fn(theta)
+        return out
 
 
 def sgd(fe: FreeEnergy, key: PRNGKeyArray, particles0: Float[Array, "n d"], num_steps: int, step_size: float,
         batch_size: int | None = None, noise: bool | None = None, *, prior_drift: bool | None = None,
         schedule: Callable | None = None, save_every: int | None = None,
-        observables: dict[str, Callable] | None = None, progress: bool | None = None) -> Trajectory:
+        observables: dict[str, Callable] | None = None, progress: bool | None = None,
+        checkpoint_every: int | None = None, checkpoint_path: str | os.PathLike | None = None) -> Trajectory:
     """Finite-N SGD on the mean-field network f_N = (1/N) Σ_i σ(·; θ_i), one update of all
     N units per step k (time t_k = k η, η = ``step_size``):
 
@@ -120,6 +119,10 @@ def sgd(fe: FreeEnergy, key: PRNGKeyArray, particles0: Float[Array, "n d"], num_
         save_every: save the observables every this many steps (default K/100).
         observables: extra name -> fn(particles) -> scalar.
         progress: tqdm bar over the save blocks (default: K >= 5000).
+        checkpoint_every, checkpoint_path: write the state every this many steps to an
+            .npz and resume from it (``mfsde.dynamics.drive``). Step k draws from
+            ``fold_in(key, k)`` however the run is cut, so a checkpointed run is the same
+            chain as the uncheckpointed one.
 
     Returns:
         ``Trajectory`` with ts = k η at the saves, the final particles ((R, N, D) for R
@@ -158,29 +161,17 @@ def sgd(fe: FreeEnergy, key: PRNGKeyArray, particles0: Float[Array, "n d"], num_
     every = max(1, num_steps // 100) if save_every is None else int(save_every)
     if every < 1:
         raise ValueError(f"save_every must be a positive integer, got {save_every!r}")
-    step = _SGDStep(fe, float(step_size), None if batch_size is None else int(batch_size), noise, prior_drift,
-                    _unit_schedule if schedule is None else schedule)
-    extra = tuple(sorted((observables or {}).items()))
-    blocks = [every] * (num_steps // every) + ([num_steps % every] if num_steps % every else [])
-    if progress is None:
-        progress = num_steps >= 5000
-    from tqdm.auto import tqdm
-
+    step = SGDStep(fe, float(step_size), None if batch_size is None else int(batch_size), noise, prior_drift,
+                   _unit_schedule if schedule is None else schedule)
     # the Stein residual is zero-mean under p_N, the law noisy full-drift SGD approximates
-    stein = noise and prior_drift
-    theta = particles0
-    stein0 = jax.random.key(_STEIN_SEED) if stein else None
-    first = jax.vmap(lambda th, th0: _observe(fe, extra, th, th0, stein0)) if batched else (
-        lambda th, th0: _observe(fe, extra, th, th0, stein0))
-    saves = [first(theta, particles0)]
-    ks = [0]
-    for n in tqdm(blocks, desc="sgd", disable=not progress):
-        theta, obs = _run_block(step, extra, theta, particles0, key, jnp.asarray(ks[-1]), n, stein, batched)
-        saves.append(obs)
-        ks.append(ks[-1] + n)
-    # (T,) per observable, (R, T) for replicates (as langevin's)
-    observables_out = {name: jnp.stack([s[name] for s in saves], axis=-1) for name in saves[0]}
+    obs = SGDObservables(fe, float(step_size), noise and prior_drift, tuple(sorted((observables or {}).items())))
+    ks = np.unique(np.r_[np.arange(0, num_steps, every), num_steps])
     info = (("sde", "sgd"), ("step_size", float(step_size)), ("batch_size", batch_size), ("noise", noise),
             ("prior_drift", prior_drift))
-    return Trajectory(ts=jnp.asarray(np.asarray(ks) * float(step_size), fe.x.dtype), particles=theta,
-                      observables=observables_out, num_steps=jnp.asarray(num_steps), info=info)
+    return drive(ParticleSDE(jump=step), key, particles0, t0=0.0, t1=num_steps * float(step_size),
+                 dt0=float(step_size), observables=obs, ts=ks * float(step_size),
+                 progress=num_steps >= 5000 if progress is None else progress, checkpoint_every=checkpoint_every,
+                 checkpoint_path=checkpoint_path, info=info,
+                 fingerprint=dict(data_fingerprint(fe), family="sgd", step_size=float(step_size),
+                                  batch_size=batch_size, noise=noise, prior_drift=prior_drift,
+                                  schedule=getattr(step.schedule, "__qualname__", repr(step.schedule))))

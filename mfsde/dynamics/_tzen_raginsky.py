@@ -30,6 +30,7 @@ divides Monte Carlo noise of size sqrt(1 − t) by 1 − t. At t ≥ 1 the drift
 from __future__ import annotations
 
 import math
+import os
 
 import diffrax
 import equinox as eqx
@@ -39,7 +40,8 @@ import numpy as np
 from jaxtyping import Array, Float, PRNGKeyArray
 
 from ..free_energy import FreeEnergy
-from ._core import ParticleSDE, Trajectory, num_fixed_steps, solve_replicates
+from ._checkpoint import array_digest, data_fingerprint
+from ._core import ParticleSDE, Trajectory, drive, num_fixed_steps
 from ._keys import as_keys
 from .._blocks import row_blocks, unblock
 
@@ -207,22 +209,31 @@ def time_grid(dt0: float, kind: str = "uniform") -> np.ndarray:
     return s if kind == "uniform" else 1.0 - (1.0 - s) ** 2
 
 
-def _solve_on_unit_interval(fe, drift, observables, key, n_particles, dt0, ts, solver, progress, mean, var, grid,
-                            batched=False):
-    if not (isinstance(n_particles, (int, np.integer)) and n_particles >= 1):
-        raise ValueError(f"n_particles must be a positive integer, got {n_particles!r}")
+def _solve_on_unit_interval(fe, sde_of, observables, key, num_particles, dt0, ts, solver, progress, mean, var, grid,
+                            checkpoint_every, checkpoint_path, fingerprint, info):
+    """``drive`` on t ∈ [0, 1] from W_0 = m with the cost column c_0 = 0, state (N, D + 1);
+    ``sde_of(key) -> (drift, noise key)`` (the bridge's drift depends on the replicate's
+    key) and ``observables(drift)``."""
+    if not (isinstance(num_particles, (int, np.integer)) and num_particles >= 1):
+        raise ValueError(f"n_particles must be a positive integer, got {num_particles!r}")
     steps = time_grid(float(dt0), grid)
     if ts is None:
         n = len(steps) - 1
         ts = steps[np.unique(np.round(np.linspace(0, n, min(21, n + 1))).astype(int))]
     dtype = fe.x.dtype
-    y0 = jnp.concatenate([jnp.broadcast_to(jnp.asarray(mean, dtype), (n_particles, fe.dim)),
-                          jnp.zeros((n_particles, 1), dtype)], axis=1)
+    y0 = jnp.concatenate([jnp.broadcast_to(jnp.asarray(mean, dtype), (num_particles, fe.dim)),
+                          jnp.zeros((num_particles, 1), dtype)], axis=1)
     noise = _ConstantNoise(jnp.concatenate([jnp.sqrt(jnp.asarray(var, dtype)), jnp.zeros(1, dtype)]))
+
+    def sde(k):
+        drift, k_bm = sde_of(k)
+        return ParticleSDE(drift, noise), k_bm, observables(drift)
+
     controller = None if grid == "uniform" else diffrax.StepTo(ts=jnp.asarray(steps, dtype))
-    traj = solve_replicates(ParticleSDE(drift, noise), key, y0, ts, batched, t0=0.0, t1=1.0, dt0=float(dt0),
-                            solver=diffrax.Euler() if solver is None else solver, observables=observables,
-                            stepsize_controller=controller, progress=progress)
+    traj = drive(sde, key, y0, t0=0.0, t1=1.0, dt0=float(dt0), solver=diffrax.Euler() if solver is None else solver,
+                 observables=None, ts=ts, stepsize_controller=controller, progress=progress,
+                 checkpoint_every=checkpoint_every, checkpoint_path=checkpoint_path,
+                 fingerprint=dict(data_fingerprint(fe), time_grid=grid, **fingerprint), info=info)
     return traj._replace(particles=traj.particles[..., : fe.dim])
 
 
@@ -235,7 +246,8 @@ def _check_fe(fe):
 
 def mckean_vlasov(fe: FreeEnergy, key: PRNGKeyArray, n_particles: int, dt0: float = 0.01, *, ts: Array | None = None,
                   solver: diffrax.AbstractSolver | None = None, time_grid: str = "uniform",
-                  progress: bool | None = None) -> Trajectory:
+                  progress: bool | None = None, checkpoint_every: int | None = None,
+                  checkpoint_path: str | os.PathLike | None = None) -> Trajectory:
     """Tzen–Raginsky's greedy McKean–Vlasov SDE on N particles, t ∈ [0, 1]:
 
         W_0 = m,  dW_i = −β Σ ∇Ψ(W_i; ρ^N_t) dt + Σ^{1/2} dB_i,   π₀ = N(m, Σ).
@@ -253,18 +265,19 @@ def mckean_vlasov(fe: FreeEnergy, key: PRNGKeyArray, n_particles: int, dt0: floa
         ts: save times in [0, 1] (default 21 points on the step grid).
         time_grid: "uniform" (default; the greedy drift is no stiffer near t = 1) or
             "quadratic" (``mfsde.dynamics.time_grid``).
+        checkpoint_every, checkpoint_path: write the state every this many steps to an .npz
+            and resume from it (uniform time grid; ``mfsde.dynamics.drive``).
 
     Returns:
         ``Trajectory`` with particles W_1 (N, D) ((R, N, D) for R keys) and observables
         risk, control_cost, total_cost at ``ts`` ((R, T) for R keys).
     """
     _check_fe(fe)
-    key, batched = as_keys(key)
     mean, var = gaussian_prior(fe)
     drift = GreedyDrift(fe, jnp.asarray(var, fe.x.dtype))
-    traj = _solve_on_unit_interval(fe, drift, TzenRaginskyObservables(fe), key, n_particles, dt0, ts, solver,
-                                   progress, mean, var, time_grid, batched)
-    return traj._replace(info=traj.info + (("sde", "mckean_vlasov"),))
+    return _solve_on_unit_interval(fe, lambda k: (drift, k), lambda drift: TzenRaginskyObservables(fe), key, n_particles, dt0, ts,
+                                   solver, progress, mean, var, time_grid, checkpoint_every, checkpoint_path,
+                                   dict(family="mckean_vlasov"), (("sde", "mckean_vlasov"),))
 
 
 def schrodinger_bridge(fe: FreeEnergy, fixed_point_or_output, key: PRNGKeyArray, n_particles: int,
@@ -272,7 +285,8 @@ def schrodinger_bridge(fe: FreeEnergy, fixed_point_or_output, key: PRNGKeyArray,
                        log_normalizer: float | None = None, ts: Array | None = None,
                        solver: diffrax.AbstractSolver | None = None, time_grid: str = "uniform",
                        particle_chunk: int | str = "auto",
-                       num_ess: int = 256, progress: bool | None = None) -> Trajectory:
+                       num_ess: int = 256, progress: bool | None = None, checkpoint_every: int | None = None,
+                       checkpoint_path: str | os.PathLike | None = None) -> Trajectory:
     """Tzen–Raginsky's optimally controlled McKean–Vlasov SDE (Schrödinger bridge to ρ*):
 
         W_0 = m,  dW_i = u*(W_i, t) dt + Σ^{1/2} dB_i,   u*(w, t) = −β Σ E_{Q_{w,t}}[∇Ψ(v; ρ*)],
@@ -304,6 +318,8 @@ def schrodinger_bridge(fe: FreeEnergy, fixed_point_or_output, key: PRNGKeyArray,
         particle_chunk: particles per chunk
             ("auto": 2^14 inner points on CPU, 2^18 on accelerators).
         num_ess: the inner ESS is reported on this many particles at each save time.
+        checkpoint_every, checkpoint_path: write the state every this many steps to an .npz
+            and resume from it (uniform time grid; ``mfsde.dynamics.drive``).
 
     Returns:
         ``Trajectory``: particles W_1 (N, D); observables risk, control_cost, total_cost,
@@ -348,18 +364,18 @@ def schrodinger_bridge(fe: FreeEnergy, fixed_point_or_output, key: PRNGKeyArray,
         particle_chunk = max(1, cap // n_inner)
     if not (isinstance(particle_chunk, (int, np.integer)) and particle_chunk >= 1):
         raise ValueError(f"particle_chunk must be a positive integer or 'auto', got {particle_chunk!r}")
-    def run(k_inner, k_bm):
-        drift = BridgeDrift(fe, output, pool, log_z, jnp.asarray(mean, dtype), jnp.asarray(var, dtype), k_inner,
-                            n_g, n_r, int(particle_chunk))
-        obs = TzenRaginskyObservables(fe, drift, int(num_ess))
-        return _solve_on_unit_interval(fe, drift, obs, k_bm, n_particles, dt0, ts, solver, progress, mean, var,
-                                       time_grid)
+    def sde_of(k):
+        _, _, k_inner, k_bm = jax.random.split(k, 4)
+        return BridgeDrift(fe, output, pool, log_z, jnp.asarray(mean, dtype), jnp.asarray(var, dtype), k_inner,
+                           n_g, n_r, int(particle_chunk)), k_bm
 
-    if batched:
-        split = jax.vmap(lambda k: jax.random.split(k, 4))(key)
-        traj = jax.vmap(run)(split[:, 2], split[:, 3])
-        traj = traj._replace(ts=traj.ts[0], num_steps=traj.num_steps[0])
-    else:
-        traj = run(k_inner, k_bm)
-    return traj._replace(info=traj.info + (("sde", "schrodinger_bridge"), ("estimator", estimator),
-                                           ("n_inner", int(n_inner)), ("log_normalizer", float(log_z))))
+    # each replicate's inner-ESS draws come from its own drift
+    def obs(drift):
+        return TzenRaginskyObservables(fe, drift, int(num_ess))
+
+    fingerprint = dict(family="schrodinger_bridge", estimator=estimator, n_inner=int(n_inner),
+                       output_sha256=array_digest(output), pool_sha256=array_digest(pool), log_z=float(log_z))
+    return _solve_on_unit_interval(fe, sde_of, obs, key, n_particles, dt0, ts, solver, progress, mean, var, time_grid,
+                                   checkpoint_every, checkpoint_path, fingerprint,
+                                   (("sde", "schrodinger_bridge"), ("estimator", estimator),
+                                    ("n_inner", int(n_inner)), ("log_normalizer", float(log_z))))

@@ -1,0 +1,104 @@
+"""The one driver (mfsde.dynamics.drive): jumps between SDE steps, and checkpoints for every family.
+
+The jump contract is checked on an ODE whose Euler chain has a product closed form, so the
+order (jump at the interval's start t_a, then the steps) and the times handed to the jump
+and the drift are checked exactly (float64 rounding). Checkpointed runs are compared with
+uninterrupted ones to float64 rounding; a chain of jumps alone (SGD) draws from the global
+step index, so its checkpointed run is the unsegmented run itself.
+"""
+
+import diffrax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import mfsde
+from mfsde.dynamics import ParticleSDE, drive
+import mfsde.dynamics._checkpoint as ck
+
+
+def _mean(t, y, args):
+    return {"mean": jnp.mean(y), "start_mean": jnp.mean(args)}
+
+
+def test_jumps_between_steps_follow_the_product_formula():
+    # Euler on dy = −t y dt: y_{k+1} = (1 − h t_k) y_k; every J steps first y ← (1 + t_a) y.
+    t0, h, n, every = 0.5, 0.05, 24, 4
+    sde = ParticleSDE(lambda t, y, args: -t * y, None, lambda key, t, y: (1.0 + t) * y, every)
+    y0 = jnp.full((3, 2), 2.0)
+    ts = t0 + h * np.array([0, 8, 15, 24])  # 15 steps is nearest the interval end 16
+    traj = drive(sde, jax.random.key(0), y0, t0=t0, t1=t0 + n * h, dt0=h, solver=diffrax.Euler(), observables=_mean, ts=ts)
+    factors = [(1 - h * (t0 + k * h)) * ((1 + t0 + k * h) if k % every == 0 else 1.0) for k in range(n)]
+    expected = 2.0 * np.concatenate([[1.0], np.cumprod(factors)])
+    np.testing.assert_allclose(traj.ts, t0 + h * np.array([0, 8, 16, 24]), rtol=1e-14)
+    np.testing.assert_allclose(traj.observables["mean"], expected[[0, 8, 16, 24]], rtol=1e-12)
+    np.testing.assert_allclose(traj.observables["start_mean"], 2.0)  # observables get Θ_0
+    np.testing.assert_allclose(traj.particles, expected[-1], rtol=1e-12)
+    with pytest.raises(ValueError, match="jump intervals"):
+        drive(sde, jax.random.key(0), y0, t0=t0, t1=t0 + 22 * h, dt0=h, solver=diffrax.Euler(), observables=_mean)
+    with pytest.raises(ValueError, match="one save per jump interval"):
+        drive(sde, jax.random.key(0), y0, t0=t0, t1=t0 + n * h, dt0=h, solver=diffrax.Euler(), observables=_mean,
+              ts=t0 + h * np.array([0, 1]))
+
+
+@pytest.fixture(scope="module")
+def small(neuron):
+    x, y = neuron.make_data(jax.random.key(0), num_data=20, dim=2)
+    fe = mfsde.FreeEnergy(neuron.unit, x, y, beta=20.0)
+    return fe, fe.prior_sample(jax.random.key(1), 8)
+
+
+def _killed_then_resumed(run, path, monkeypatch, after: int):
+    real_save, calls = ck.CheckpointFile.save, []
+
+    def dying_save(*args):
+        real_save(*args)
+        calls.append(1)
+        if len(calls) == after:
+            raise KeyboardInterrupt("killed")
+
+    monkeypatch.setattr(ck.CheckpointFile, "save", dying_save)
+    with pytest.raises(KeyboardInterrupt):
+        run(path)
+    monkeypatch.setattr(ck.CheckpointFile, "save", real_save)
+    return run(path)
+
+
+def _assert_same(a, b, rtol=1e-12):
+    np.testing.assert_allclose(a.ts, b.ts, rtol=rtol)
+    np.testing.assert_allclose(a.particles, b.particles, rtol=rtol, atol=1e-12)
+    assert a.observables.keys() == b.observables.keys()
+    for k in a.observables:
+        np.testing.assert_allclose(a.observables[k], b.observables[k], rtol=rtol, atol=1e-12, err_msg=k)
+
+
+def test_sgd_checkpoint_is_the_same_chain(small, tmp_path, monkeypatch):
+    fe, p0 = small
+    kw = dict(batch_size=5, save_every=5)
+    plain = mfsde.sgd(fe, jax.random.key(4), p0, 30, 0.05, **kw)
+    resumed = _killed_then_resumed(
+        lambda path: mfsde.sgd(fe, jax.random.key(4), p0, 30, 0.05, checkpoint_every=10, checkpoint_path=path, **kw),
+        tmp_path / "sgd.npz", monkeypatch, after=2)
+    _assert_same(resumed, plain)
+    with pytest.raises(ValueError, match="different run.*step_size"):
+        mfsde.sgd(fe, jax.random.key(4), p0, 30, 0.1, checkpoint_every=10, checkpoint_path=tmp_path / "sgd.npz", **kw)
+
+
+@pytest.mark.parametrize("family", ["mckean_vlasov", "schrodinger_bridge"])
+def test_tzen_raginsky_checkpoints_resume(small, tmp_path, monkeypatch, family):
+    fe, p0 = small
+    pool = fe.prior_sample(jax.random.key(2), 16)
+
+    def run(path, key=jax.random.key(6)):
+        if family == "mckean_vlasov":
+            return mfsde.mckean_vlasov(fe, key, 8, dt0=0.1, checkpoint_every=3, checkpoint_path=path)
+        return mfsde.schrodinger_bridge(fe, fe.output(p0), key, 8, dt0=0.1, n_inner=4, samples=pool,
+                                        log_normalizer=0.0, checkpoint_every=3, checkpoint_path=path)
+
+    full = run(tmp_path / "full.npz")
+    resumed = _killed_then_resumed(run, tmp_path / "run.npz", monkeypatch, after=2)
+    _assert_same(resumed, full)
+    assert np.all(np.isfinite(full.observables["total_cost"]))
+    with pytest.raises(ValueError, match="different run.*key"):
+        run(tmp_path / "run.npz", jax.random.key(7))
