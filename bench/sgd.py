@@ -59,7 +59,7 @@ def main():
     fe = mfsde.FreeEnergy.from_sampler(gm.make_unit(args.d), gm.make_sampler(args.d, 0.8), float("inf"),
                                        jax.random.key(0), num_eval=1024)
     w0 = fe.prior_sample(jax.random.key(1), args.n)
-    t_sgd, _ = timed(lambda: mfsde.sgd(fe, jax.random.key(2), w0, args.steps, 0.01, batch_size=args.batch,
+    t_sgd, _ = timed(lambda: mfsde.sgd(fe, jax.random.key(2), w0, num_steps=args.steps, step_size=0.01, batch_size=args.batch,
                                        save_every=args.steps, progress=False).particles)
     x = jax.random.normal(jax.random.key(3), (args.batch, args.d))
     ref = gemm_pair(args.n, args.d, args.batch, args.steps)

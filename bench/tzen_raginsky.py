@@ -61,7 +61,7 @@ def memory_child(n, p, d, n_inner):
     ma = compiled.memory_analysis()
     t = time.perf_counter()
     jax.block_until_ready(compiled(bridge, 0.3, state))
-    out = dict(n=n, p=p, d=d, n_inner=n_inner, temp_bytes=ma.temp_size_in_bytes,
+    out = dict(n=n, p=p, d=d, num_inner=n_inner, temp_bytes=ma.temp_size_in_bytes,
                max_rss_bytes=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
                step_s=time.perf_counter() - t, dense_bytes=n * n_inner * p * 4)
     if jax.default_backend() == "gpu":
@@ -88,13 +88,13 @@ def main():
     t_l = timeit(drift, LangevinDrift(fe), 0.3, particles)
     t_b = timeit(drift, bridge, 0.3, state)
     print(f"device: {jax.devices()[0].device_kind}; planted neuron d={args.d} (D={fe.dim}), P={args.p}, "
-          f"N={args.n}, n_inner={args.n_inner}")
+          f"N={args.n}, num_inner={args.n_inner}")
     print(f"langevin drift {t_l * 1e3:.1f} ms, bridge drift {t_b * 1e3:.1f} ms: bridge/langevin = {t_b / t_l:.1f} "
           f"({t_b / t_l / (args.n_inner + 1):.2f} per inner point + centre)")
     cmd = [sys.executable, __file__, "--memory-child", str(args.memory_n), str(args.p), str(args.d), str(args.n_inner)]
     res = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1])
     gib = 2**30
-    print(f"peak memory, one bridge step at N={res['n']} n_inner={res['n_inner']} P={res['p']}: XLA temp "
+    print(f"peak memory, one bridge step at N={res['n']} num_inner={res['n_inner']} P={res['p']}: XLA temp "
           f"{res['temp_bytes'] / gib:.3f} GiB, process max RSS {res['max_rss_bytes'] / gib:.2f} GiB"
           + (f", GPU peak {res['gpu_peak_bytes'] / gib:.2f} GiB" if res.get("gpu_peak_bytes") else "")
           + f" (a dense N x n_inner x P float32 array: {res['dense_bytes'] / gib:.1f} GiB); step {res['step_s']:.1f} s")

@@ -2,7 +2,8 @@
 
 One hidden unit is a numpyro model; mfsde gives its free energy over measures on the unit's
 parameters (``FreeEnergy``), the mean-field SDEs whose laws flow to its minimiser
-(``langevin``) and diagnostics (``to_inference_data``, ``summary``, ``kl_to_prior``,
+(``langevin`` and the other families, all on one driver; a weighted measure is a
+``Particles``) and diagnostics (``to_inference_data``, ``summary``, ``kl_to_prior``,
 ``w2_to_prior``, ``w2``). Convention: F_β(ρ) = ½R(ρ) + β⁻¹ KL(ρ‖π₀), minimiser
 ρ* ∝ π₀ exp(−βΨ(·; ρ*)).
 """
@@ -40,10 +41,11 @@ from .particle_posterior import ParticlePosterior, particle_logdensity, sample_p
 from ._validation import FixedPointCheck, SelfConsistency, SteinTest, check_fixed_point, self_consistency, stein_test
 from .free_energy import FreeEnergy
 from .model import UnitModel, load_model
+from .particles import Particles
 
 __all__ = ["sample_fixed_point", "check_fixed_point", "self_consistency", "SelfConsistency", "stein_test", "SteinTest", "sample_gibbs",
            "gibbs_log_normalizer", "FixedPoint", "FixedPointCheck", "GibbsNormalizer", "sample_particle_posterior",
-           "ParticlePosterior", "particle_logdensity", "stein_residual", "FreeEnergy", "UnitModel", "load_model", "langevin", "LeimkuhlerMatthews",
+           "ParticlePosterior", "particle_logdensity", "stein_residual", "FreeEnergy", "Particles", "UnitModel", "load_model", "langevin", "LeimkuhlerMatthews",
            "overdispersed_starts", "max_curvature", "sgd", "mckean_vlasov", "schrodinger_bridge", "Trajectory",
            "ParticleSDE", "to_inference_data", "summary", "convergence", "equilibration", "stationarity", "kl_to_prior", "entropy_knn", "w2", "w2_gaussian", "w2_to_prior",
            "w2_to_prior_bound", "save", "load", "plot_marginals", "plot_observables"]

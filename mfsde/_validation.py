@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import math
 import statistics
-from typing import NamedTuple
 
 import equinox as eqx
 import jax
@@ -41,6 +40,7 @@ import numpy as np
 from jaxtyping import Array, Float, PRNGKeyArray
 
 from ._blocks import row_blocks, unblock
+from ._keys import single_key
 from .free_energy import FreeEnergy
 
 __all__ = ["SelfConsistency", "self_consistency", "SteinTest", "stein_test", "FixedPointCheck", "check_fixed_point",
@@ -61,7 +61,7 @@ _DT_SHRINK = 1.5
 _DT_CONTRADICTS = 2.0
 
 
-class SelfConsistency(NamedTuple):
+class SelfConsistency(eqx.Module):
     """The finite-N self-consistency statistic of a particle cloud against draws of G[f_N].
 
     statistic, p_value: T = rᵀ Cov(r)⁻¹ r and its χ²(dof) tail probability, with r the
@@ -77,11 +77,11 @@ class SelfConsistency(NamedTuple):
     """
 
     statistic: float
-    dof: int
+    dof: int = eqx.field(static=True)
     p_value: float
     mean_field_statistic: float
     mean_field_p_value: float
-    components: tuple[str, ...]
+    components: tuple[str, ...] = eqx.field(static=True)
     z: np.ndarray
     mean_field_z: np.ndarray
     output_error: float
@@ -165,7 +165,7 @@ def _residual_parts(fe: FreeEnergy, particles: Array, flat: Array, sub: Array, u
             _mixture_output(fe, flat, weights))
 
 
-def self_consistency(fe: FreeEnergy, particles: Float[Array, "n d"], draws: Float[Array, "c s d"],
+def self_consistency(fe: FreeEnergy, particles: Float[Array, "n d"], draws: Float[Array, "c s d"], *,
                      key: PRNGKeyArray | None = None, num_output_components: int = 4) -> SelfConsistency:
     """The finite-N self-consistency statistic of ``particles`` given draws of G[f_particles].
 
@@ -175,6 +175,8 @@ def self_consistency(fe: FreeEnergy, particles: Float[Array, "n d"], draws: Floa
     for the statistic and its null distribution. ``key`` picks the random projections
     used when D > ``MAX_COORDINATES``.
     """
+    if key is not None:
+        key = single_key(key, replicates="a key picks the projections of one statistic")
     from arviz_stats import ess
 
     particles = fe._check_particles(particles)
@@ -230,7 +232,7 @@ def _mixture_output(fe: FreeEnergy, draws: Array, weights: Array) -> Array:
 
 
 
-class SteinTest(NamedTuple):
+class SteinTest(eqx.Module):
     """Time average of the in-run Stein residual over a run's stationary part (second half).
 
     mean ± se (ESS-based, pooled over replicate runs), z = mean / se, and the
@@ -253,7 +255,7 @@ class SteinTest(NamedTuple):
         return (z_crit + _normal_isf(1.0 - power)) * self.temperature_se
 
 
-class FixedPointCheck(NamedTuple):
+class FixedPointCheck(eqx.Module):
     """``check_fixed_point``: is a particle cloud the stationary law of its dynamics, and why not.
 
     passed: consistent with the exact N-particle stationary law (and, given a trajectory,
@@ -267,11 +269,11 @@ class FixedPointCheck(NamedTuple):
     """
 
     passed: bool
-    cause: str
-    reason: str
+    cause: str = eqx.field(static=True)
+    reason: str = eqx.field(static=True)
     test: SelfConsistency
     stein: SteinTest | None
-    convergence: object
+    convergence: object = eqx.field(static=True)
     half_step: object
     samples: Array
 
@@ -394,7 +396,8 @@ def check_fixed_point(fe: FreeEnergy, key: PRNGKeyArray, particles, *, num_chain
     theta = fe._check_particles(theta)
     if not bool(jnp.all(jnp.isfinite(theta))):
         raise ValueError("particles contain non-finite values")
-    k_mcmc, k_test, k_half = jax.random.split(key, 3)
+    k_mcmc, k_test, k_half = jax.random.split(
+        single_key(key, replicates="it checks the replicate runs of one trajectory (replicate=)"), 3)
 
     def snapshot(th, k):
         draws = _draws_for(fe, k, th, num_chains, num_warmup, num_samples, kernel)

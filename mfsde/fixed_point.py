@@ -19,12 +19,14 @@ import warnings
 from typing import NamedTuple
 
 import blackjax
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float, PRNGKeyArray
 
 from ._mcmc import check_kernel, run_chain
+from ._keys import single_key
 from ._validation import FixedPointCheck, check_fixed_point  # re-exported: their home until 0.1
 from .free_energy import FreeEnergy
 
@@ -47,8 +49,9 @@ class GibbsSamples(NamedTuple):
     step_size: Float[Array, " c"]
 
 
-class FixedPoint(NamedTuple):
-    """Result of ``sample_fixed_point``: draws of ρ* and the iteration history."""
+class FixedPoint(eqx.Module):
+    """Result of ``sample_fixed_point``: draws of ρ* and the iteration history (a pytree;
+    the kernel's name is static)."""
 
     samples: Float[Array, "c s d"]
     output: Float[Array, " p"]
@@ -60,7 +63,7 @@ class FixedPoint(NamedTuple):
     diverging: Array
     energy: Float[Array, "c s"]
     step_size: Float[Array, " c"]
-    kernel: str
+    kernel: str = eqx.field(static=True)
 
 
 @functools.lru_cache(maxsize=16)
@@ -90,6 +93,7 @@ def sample_gibbs(fe: FreeEnergy, key: PRNGKeyArray, output: Float[Array, " p"], 
     (no mass matrix): the step size h is tuned over the warmup by Robbins–Monro,
     log h ← log h + (t + 10)^{-0.6} (acceptance − 0.574), then held fixed.
     """
+    key = single_key(key, replicates="its replicates are the chains, one per row of init")
     return _gibbs_runner(fe, kernel, num_warmup, num_samples, num_integration_steps)(key, jnp.asarray(output), init)
 
 
@@ -112,7 +116,7 @@ def _moments(fe: FreeEnergy, samples):
     return g, se, centred.T / math.sqrt(sub.shape[0])
 
 
-def sample_fixed_point(fe: FreeEnergy, key: PRNGKeyArray, num_chains: int = 4, num_warmup: int = 500,
+def sample_fixed_point(fe: FreeEnergy, key: PRNGKeyArray, *, num_chains: int = 4, num_warmup: int = 500,
                        num_samples: int = 500, kernel: str = "nuts", tol: float = 1e-2, max_iter: int = 10,
                        output0: Array | None = None, damping: float = 1.0,
                        num_integration_steps: int = 16) -> FixedPoint:
@@ -141,7 +145,7 @@ def sample_fixed_point(fe: FreeEnergy, key: PRNGKeyArray, num_chains: int = 4, n
     run = _gibbs_runner(fe, kernel, num_warmup, num_samples, num_integration_steps)
     p = fe.num_data
     f = jnp.zeros(p, fe.x.dtype) if output0 is None else jnp.asarray(output0, fe.x.dtype)
-    key, k0 = jax.random.split(key)
+    key, k0 = jax.random.split(single_key(key, replicates="its replicates are its num_chains chains, drawn from one key"))
     init = fe.prior_sample(k0, num_chains)
     a = fe.beta / p
     residuals, outputs, errors = [], [], []
@@ -214,7 +218,7 @@ def gibbs_log_normalizer(fe: FreeEnergy, key: PRNGKeyArray, output: Float[Array,
     unit = fe.unit
     log_tilt = fe.gibbs_log_tilt(output)
 
-    k0, k1 = jax.random.split(key)
+    k0, k1 = jax.random.split(single_key(key, replicates="one SMC run of num_particles particles"))
     init = fe.prior_sample(k0, num_particles)
     inv_mass = jnp.var(init, axis=0)[None]
     params = dict(step_size=jnp.asarray([step_size], init.dtype), inverse_mass_matrix=inv_mass,

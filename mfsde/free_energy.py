@@ -1,8 +1,9 @@
 """The free energy F_β(ρ) = ½R(ρ) + β⁻¹ KL(ρ‖π₀) of a unit model on a data set.
 
 Everything here is a pure function of an (N, D) particle array Θ whose empirical measure is
-ρ^N = (1/N) Σ_i δ_{θ_i}. The particles interact only through the network output
-f_ρ(x_p) = (1/N) Σ_i σ(x_p; θ_i) on the P data points, so every quantity is one sweep over
+ρ^N = (1/N) Σ_i δ_{θ_i}, or of a weighted measure ``Particles(theta, log_weight)``,
+ρ = Σ_i w_i δ_{θ_i}. The particles interact only through the network output
+f_ρ(x_p) = Σ_i w_i σ(x_p; θ_i) on the P data points, so every quantity is one sweep over
 the data, optionally in chunks of ``chunk_size`` points: memory O(N · chunk), never O(N · P).
 """
 
@@ -18,6 +19,7 @@ from jaxtyping import Array, Float, PRNGKeyArray
 
 from ._blocks import row_blocks
 from .model import UnitModel
+from .particles import Particles, as_measure, weighted_mean
 
 __all__ = ["FreeEnergy"]
 
@@ -164,18 +166,24 @@ class FreeEnergy(eqx.Module):
         return self.unit.dim
 
     def _check_particles(self, particles) -> Array:
-        particles = jnp.asarray(particles)
+        particles = jnp.asarray(particles.theta if isinstance(particles, Particles) else particles)
         if particles.ndim != 2 or particles.shape[1] != self.dim:
             raise ValueError(f"particles must have shape (N, {self.dim}), got {particles.shape}")
         return particles
+
+    def _measure(self, particles) -> tuple[Array, Array | None]:
+        """(θ (N, D), normalised weights or None) of an (N, D) array or a ``Particles``."""
+        theta, w = as_measure(particles)
+        return self._check_particles(theta), w
 
     def features(self, particles: Float[Array, "n d"], x: Array) -> Float[Array, "n p"]:
         """σ(x_p; θ_i) for all particles and inputs, shape (N, P). Memory O(N·P): for chunks."""
         return jax.vmap(self.unit.apply, in_axes=(0, None))(particles, x)
 
-    def output(self, particles: Float[Array, "n d"], x: Array | None = None) -> Float[Array, " p"]:
-        """f_ρ(x_p) = (1/N) Σ_i σ(x_p; θ_i) on the data (or on new inputs ``x``), shape (P,)."""
-        particles = self._check_particles(particles)
+    def output(self, particles: Float[Array, "n d"] | Particles, x: Array | None = None) -> Float[Array, " p"]:
+        """f_ρ(x_p) = Σ_i w_i σ(x_p; θ_i) on the data (or on new inputs ``x``), shape (P,);
+        w_i = 1/N for an (N, D) array."""
+        particles, w = self._measure(particles)
         if x is None:
             x = self.x
         else:
@@ -183,15 +191,17 @@ class FreeEnergy(eqx.Module):
             if x.ndim != self.x.ndim or x.shape[1:] != self.x.shape[1:]:
                 raise ValueError(f"x must have shape (P, {', '.join(map(str, self.x.shape[1:]))}), got {x.shape}")
         xc, _, _ = self._chunked(particles.shape[0], x)
-        f = jax.lax.map(lambda xb: self.features(particles, xb).mean(0), xc)
+        f = jax.lax.map(lambda xb: weighted_mean(self.features(particles, xb), w), xc)
         return f.reshape(-1)[: x.shape[0]]
 
-    def risk(self, particles: Float[Array, "n d"]) -> Float[Array, ""]:
+    def risk(self, particles: Float[Array, "n d"] | Particles) -> Float[Array, ""]:
         """R(ρ) = (1/P) Σ_p (y_p − f_ρ(x_p))²."""
         return jnp.mean((self.output(particles) - self.y) ** 2)
 
     def residual(self, particles_or_output: Array) -> Float[Array, " p"]:
-        """r_p = f_ρ(x_p) − y_p, from particles (N, D) or from an output f (P,)."""
+        """r_p = f_ρ(x_p) − y_p, from particles (N, D), ``Particles`` or an output f (P,)."""
+        if isinstance(particles_or_output, Particles):
+            return self.output(particles_or_output) - self.y
         a = jnp.asarray(particles_or_output)
         if a.ndim == 1:
             if a.shape != (self.num_data,):
@@ -204,8 +214,9 @@ class FreeEnergy(eqx.Module):
         r = self.residual(particles)
         return jnp.mean(r * self.unit.apply(theta, self.x))
 
-    def grad_potential(self, particles: Float[Array, "n d"]) -> Float[Array, "n d"]:
-        """∇_θ Ψ(θ_i; ρ^N) at every particle of ρ^N = (1/N) Σ δ_{θ_i}, shape (N, D).
+    def grad_potential(self, particles: Float[Array, "n d"] | Particles) -> Float[Array, "n d"]:
+        """∇_θ Ψ(θ_i; ρ) at every particle of ρ = Σ_i w_i δ_{θ_i} (w_i = 1/N for an array),
+        shape (N, D). The weights enter through f_ρ only: Ψ(·; ρ) is one function of θ.
 
         One forward pass for f_ρ and one vjp over the (N, D) array per data chunk:
         ∇Ψ(θ_i) = (1/P) Σ_p r_p ∇σ(x_p; θ_i) is the vjp of Θ ↦ σ(x; Θ) ∈ R^{N×P} with the
@@ -213,21 +224,21 @@ class FreeEnergy(eqx.Module):
         """
         return self.grad_potential_and_output(particles)[0]
 
-    def grad_potential_and_output(self, particles: Float[Array, "n d"], x: Array | None = None,
+    def grad_potential_and_output(self, particles: Float[Array, "n d"] | Particles, x: Array | None = None,
                                   y: Array | None = None) -> tuple[Float[Array, "n d"], Float[Array, " p"]]:
         """(∇Ψ(θ_i; ρ^N) for all i, f_ρ on the data) from the same forward pass.
 
         With ``x, y`` (a minibatch of B pairs) instead of the data set, Ψ is the batch's
         (1/B) Σ_b (f_ρ(x_b) − y_b) σ(x_b; θ): the stochastic gradient of SGD.
         """
-        particles = self._check_particles(particles)
+        particles, w = self._measure(particles)
         if x is None:
             x, y = self.x, self.y
         p = x.shape[0]
 
         def chunk(xb, yb, wb):
             feats, vjp = jax.vjp(lambda th: self.features(th, xb), particles)
-            f = feats.mean(0)
+            f = weighted_mean(feats, w)
             r = (f - yb) * (wb / p)
             return vjp(jnp.broadcast_to(r, feats.shape))[0], f
 

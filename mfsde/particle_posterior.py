@@ -21,20 +21,22 @@ prior's N(0, s²I) per particle conditioned on Σ_i (θ_i − θ̄) = 0.
 
 from __future__ import annotations
 
+import functools
 import math
-from typing import NamedTuple
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float, PRNGKeyArray
 
 from ._mcmc import check_kernel, run_chain
+from ._keys import single_key
 from .free_energy import FreeEnergy
 
 __all__ = ["ParticlePosterior", "particle_logdensity", "sample_particle_posterior", "stein_residual"]
 
 
-class ParticlePosterior(NamedTuple):
+class ParticlePosterior(eqx.Module):
     """Draws of p_N: ``samples`` (chains, draws, N, D) in the unit's flat unconstrained
     coordinates, with per-draw sampler statistics (chains, draws) and the adapted step
     size per chain (chains,)."""
@@ -45,7 +47,7 @@ class ParticlePosterior(NamedTuple):
     energy: Float[Array, "c s"]
     num_integration_steps: Array
     step_size: Float[Array, " c"]
-    kernel: str
+    kernel: str = eqx.field(static=True)
 
 
 def particle_logdensity(fe: FreeEnergy, num_particles: int):
@@ -76,6 +78,22 @@ def particle_logdensity(fe: FreeEnergy, num_particles: int):
     return logdensity
 
 
+@functools.lru_cache(maxsize=16)
+def _posterior_runner(fe: FreeEnergy, n: int, kernel: str, num_warmup: int, num_samples: int,
+                      num_integration_steps: int, thinning: int):
+    # cached: repeated calls with the same settings reuse one compiled sampler (FreeEnergy
+    # hashes by identity), as sample_gibbs's runner
+    logdensity = particle_logdensity(fe, n)
+
+    @jax.jit
+    def run(key, init):
+        keys = jax.random.split(key, init.shape[0])
+        return jax.vmap(lambda k, x: run_chain(logdensity, kernel, k, x, num_warmup, num_samples,
+                                               num_integration_steps, thinning))(keys, init.reshape(len(init), -1))
+
+    return run
+
+
 def sample_particle_posterior(fe: FreeEnergy, key: PRNGKeyArray, num_particles: int, *, num_chains: int = 4,
                               num_warmup: int = 1000, num_samples: int = 1000, kernel: str = "nuts",
                               init: Float[Array, "c n d"] | None = None, thinning: int = 1,
@@ -104,23 +122,17 @@ def sample_particle_posterior(fe: FreeEnergy, key: PRNGKeyArray, num_particles: 
         if not isinstance(v, (int, float)) or int(v) != v or v < 1:
             raise ValueError(f"{name} must be a positive integer, got {v!r}")
     n, d = int(num_particles), fe.dim
-    key, k0 = jax.random.split(key)
+    key, k0 = jax.random.split(single_key(key, replicates="its replicates are its num_chains chains, drawn from one key"))
     if init is None:
         init = jax.vmap(lambda k: fe.prior_sample(k, n))(jax.random.split(k0, int(num_chains)))
     init = jnp.asarray(init, fe.x.dtype)
     if init.ndim != 3 or init.shape[1:] != (n, d):
         raise ValueError(f"init must have shape (chains, {n}, {d}), got {init.shape}")
-    if not bool(jnp.all(jnp.isfinite(init))):
+    # under an outer jit the values are not known here
+    if not isinstance(init, jax.core.Tracer) and not bool(jnp.all(jnp.isfinite(init))):
         raise ValueError("init contains non-finite values")
-    logdensity = particle_logdensity(fe, n)
-
-    @jax.jit
-    def run(key, init):
-        keys = jax.random.split(key, init.shape[0])
-        return jax.vmap(lambda k, x: run_chain(logdensity, kernel, k, x, int(num_warmup), int(num_samples),
-                                               num_integration_steps, int(thinning)))(keys, init.reshape(len(init), -1))
-
-    draws = run(key, init)
+    draws = _posterior_runner(fe, n, kernel, int(num_warmup), int(num_samples), int(num_integration_steps),
+                              int(thinning))(key, init)
     c = init.shape[0]
     return ParticlePosterior(draws.position.reshape(c, int(num_samples), n, d), draws.acceptance, draws.diverging,
                              draws.energy, draws.num_integration_steps, draws.step_size, kernel)
@@ -150,7 +162,8 @@ def stein_residual(fe: FreeEnergy, particles: Float[Array, "n d"], key: PRNGKeyA
     n = particles.shape[0]
     g, f = fe.grad_potential_and_output(particles)
     gp = fe.grad_prior_logdensity(particles)
-    v = jax.random.rademacher(key, particles.shape, particles.dtype)
+    v = jax.random.rademacher(single_key(key, replicates="one Hutchinson probe per call"), particles.shape,
+                              particles.dtype)
     laplacian = jnp.sum(v * jax.jvp(lambda th: fe.potential_and_grad(th, f)[1], (particles,), (v,))[1], axis=1)
     xc, _, wc = fe._chunked(n, fe.x)
 

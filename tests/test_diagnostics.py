@@ -130,7 +130,8 @@ def test_inference_data_sites_groups_round_trip(tmp_path):
 
 def test_free_energy_and_kl_along_run_reach_fixed_point(lin, linear):
     """At stationarity the linear run's KL and F match KL(ρ*‖π₀) and F(ρ*) = ½R(ρ*) + KL*/β,
-    within the KL estimator's tolerance (4 s.e. + 0.07 bias, as above, N = 3000)."""
+    within the KL estimator's tolerance (4 s.e. + 0.07 bias, as above, N = 3000); so does
+    ``summary(idata, fe)``, whose W2 is exact OT."""
     fe, x, y = lin
     n = 3000
     traj = mfsde.langevin(fe, jax.random.key(8), fe.prior_sample(jax.random.key(9), n), t1=12.0, dt0=0.01,
@@ -143,6 +144,14 @@ def test_free_energy_and_kl_along_run_reach_fixed_point(lin, linear):
     assert abs(float(traj.observables["kl_to_prior"][-1]) - kl) < tol
     assert abs(float(traj.observables["free_energy"][-1]) - (0.5 * risk + kl / BETA)) < tol / BETA + 0.01 * risk
     assert abs(float(traj.observables["w2_to_prior_bound"][-1]) - math.sqrt(m @ m)) < 0.1
+    # summary(idata, fe): the same numbers at the end of the run, and W2 by exact OT against a
+    # prior sample: W2(ρ*, π₀) = ‖m*‖, biased up by the two N-samples' own W2 (measured +0.04
+    # at N = 3000, D = 3; +0.08 at N = 1000), so 0.15 allows it and the sampling error
+    summ = mfsde.summary(mfsde.to_inference_data(traj, fe), fe)
+    assert summ.kl_to_prior == pytest.approx(float(traj.observables["kl_to_prior"][-1]))
+    assert abs(summ.free_energy - (0.5 * risk + kl / BETA)) < tol / BETA + 0.01 * risk
+    assert abs(summ.w2_to_prior - math.sqrt(m @ m)) < 0.15
+    np.testing.assert_allclose(summ.w2_to_prior, mfsde.w2_to_prior(traj.particles, fe), rtol=1e-12)
 
 
 def test_rhat_verdicts(lin):

@@ -60,11 +60,11 @@ def test_one_pass_sgd_population_sampler(gm):
     fe = mfsde.FreeEnergy.from_sampler(gm.make_unit(d), gm.make_sampler(d, 0.8), float("inf"),
                                        jax.random.key(0), num_eval=2000)
     th0 = fe.prior_sample(jax.random.key(1), 200)
-    tr = mfsde.sgd(fe, jax.random.key(2), th0, 400, 0.02, batch_size=4)
+    tr = mfsde.sgd(fe, jax.random.key(2), th0, num_steps=400, step_size=0.02, batch_size=4)
     risk = np.asarray(tr.observables["risk"])
     assert risk[-1] < 0.7 * risk[0]
     with pytest.raises(ValueError, match="batch_size"):
-        mfsde.sgd(fe, jax.random.key(2), th0, 10, 0.02)
+        mfsde.sgd(fe, jax.random.key(2), th0, num_steps=10, step_size=0.02)
     with pytest.raises(ValueError, match=r"sampler\(key, 8\)"):
         mfsde.FreeEnergy.from_sampler(fe.unit, lambda k, b: (jnp.zeros((b, d)), jnp.zeros(b + 1)), 1.0,
                                       jax.random.key(0), num_eval=8)
@@ -81,7 +81,7 @@ def test_sgd_tracks_particle_ode(neuron):
                          stepsize_controller=diffrax.PIDController(rtol=1e-10, atol=1e-10), diagnostics=False)
 
     def err(eps, batch=None, key=3):
-        tr = mfsde.sgd(fe, jax.random.key(key), th0, round(2.0 / eps), eps, batch_size=batch, save_every=10**6)
+        tr = mfsde.sgd(fe, jax.random.key(key), th0, num_steps=round(2.0 / eps), step_size=eps, batch_size=batch, save_every=10**6)
         return float(jnp.max(jnp.abs(tr.particles - ode.particles)))
 
     e1, e2 = err(0.04), err(0.01)
@@ -105,7 +105,7 @@ def test_isotropic_reduced_dynamics_tracks_sgd_as_d_grows(gm):
         w0 = fe.prior_sample(jax.random.key(2), n)
         rr = mfsde.langevin(red, jax.random.key(3), jnp.linalg.norm(w0, axis=1, keepdims=True), t1=t1, dt0=eta,
                             diagnostics=False, ts=np.linspace(0, t1, 5))
-        tr = mfsde.sgd(fe, jax.random.key(4), w0, round(t1 / eta), eta, batch_size=32, save_every=100)
+        tr = mfsde.sgd(fe, jax.random.key(4), w0, num_steps=round(t1 / eta), step_size=eta, batch_size=32, save_every=100)
         gaps.append(float(np.max(np.abs(np.asarray(tr.observables["risk"]) - np.asarray(rr.observables["risk"])))))
     assert gaps[0] > 3.0 * gaps[1] and gaps[1] < 0.05
 

@@ -34,7 +34,7 @@ def linear_case(linear):
 
 def test_bridge_linear_closed_form(linear_case):
     fe, x, y, m_star, kl, pool = linear_case
-    br = mfsde.schrodinger_bridge(fe, x @ m_star, jax.random.key(2), N, dt0=0.05, n_inner=8, samples=pool,
+    br = mfsde.schrodinger_bridge(fe, x @ m_star, jax.random.key(2), N, dt0=0.05, num_inner=8, samples=pool,
                                   log_normalizer=kl)
     w1 = np.asarray(br.particles)
     # Law(W_1) = N(m*, I): mean s.e. 1/√N, variance s.e. sqrt(2/N) per coordinate.
@@ -56,10 +56,10 @@ def test_bridge_linear_closed_form(linear_case):
 def test_bridge_inner_ess_linear(linear_case):
     """The Gaussian proposal equals Q in the linear case: uniform weights, ESS = n_inner."""
     fe, x, y, m_star, kl, pool = linear_case
-    br = mfsde.schrodinger_bridge(fe, x @ m_star, jax.random.key(3), 64, dt0=0.1, n_inner=8, estimator="gaussian")
+    br = mfsde.schrodinger_bridge(fe, x @ m_star, jax.random.key(3), 64, dt0=0.1, num_inner=8, estimator="gaussian")
     np.testing.assert_allclose(np.asarray(br.observables["inner_ess"]), 8.0, rtol=1e-9)
     # ρ*-draws alone are exact at t = 0 and degenerate towards t = 1.
-    br = mfsde.schrodinger_bridge(fe, x @ m_star, jax.random.key(3), 64, dt0=0.1, n_inner=32,
+    br = mfsde.schrodinger_bridge(fe, x @ m_star, jax.random.key(3), 64, dt0=0.1, num_inner=32,
                                   estimator="fixed_point", samples=pool)
     ess = np.asarray(br.observables["inner_ess"])
     assert ess[0] == pytest.approx(32.0) and ess[-1] < 4.0
@@ -112,7 +112,7 @@ def test_bridge_nonlinear_reaches_fixed_point(nonlinear_case):
     """
     fe, f_star, pool, ref = nonlinear_case
     n = 4000
-    br = mfsde.schrodinger_bridge(fe, f_star, jax.random.key(3), n, dt0=0.01, n_inner=64, samples=pool,
+    br = mfsde.schrodinger_bridge(fe, f_star, jax.random.key(3), n, dt0=0.01, num_inner=64, samples=pool,
                                   log_normalizer=ref["log_z"])
     w1 = np.asarray(br.particles)
     obs = {k: float(v[-1]) for k, v in br.observables.items()}
@@ -133,7 +133,7 @@ def test_bridge_rejects_bad_input(linear_case, neuron):
     fe, x, y, m_star, kl, pool = linear_case
     out = x @ m_star
     with pytest.raises(ValueError, match="multiple of 4"):
-        mfsde.schrodinger_bridge(fe, out, jax.random.key(0), 10, n_inner=6, samples=pool, log_normalizer=kl)
+        mfsde.schrodinger_bridge(fe, out, jax.random.key(0), 10, num_inner=6, samples=pool, log_normalizer=kl)
     with pytest.raises(ValueError, match="estimator"):
         mfsde.schrodinger_bridge(fe, out, jax.random.key(0), 10, estimator="bad")
     with pytest.raises(ValueError, match=r"\(P,\)"):
@@ -160,7 +160,7 @@ def test_sgd_full_batch_is_exact_gradient_descent(linear_case, linear):
     fe, x, y, m_star, kl, pool = linear_case
     th0 = fe.prior_sample(jax.random.key(5), 300)
     eta, k = 0.05, 120
-    tr = mfsde.sgd(fe, jax.random.key(6), th0, k, eta, noise=False, prior_drift=True, save_every=40)
+    tr = mfsde.sgd(fe, jax.random.key(6), th0, num_steps=k, step_size=eta, noise=False, prior_drift=True, save_every=40)
     a, (_, c) = linear.drift_matrix(x, y, BETA), linear.moments(x, y)
     m = np.asarray(th0.mean(0))
     for _ in range(k):
@@ -175,7 +175,7 @@ def test_sgd_noisy_minibatch_reaches_fixed_point(linear_case):
     ends near m* (s.e. ~ 1/√N, plus the minibatch noise ~ sqrt(η/B) per coordinate)."""
     fe, x, y, m_star, kl, pool = linear_case
     n = 1000
-    tr = mfsde.sgd(fe, jax.random.key(7), fe.prior_sample(jax.random.key(8), n), 3000, 0.01, batch_size=16)
+    tr = mfsde.sgd(fe, jax.random.key(7), fe.prior_sample(jax.random.key(8), n), num_steps=3000, step_size=0.01, batch_size=16)
     w = np.asarray(tr.particles)
     assert np.all(np.abs(w.mean(0) - m_star) < Z45 * (1 / math.sqrt(n) + math.sqrt(0.01 / 16) * 3))
     assert np.all(np.abs(w.var(0) - 1.0) < 0.15)
@@ -185,10 +185,10 @@ def test_sgd_rejects_bad_input(linear_case):
     fe, *_ = linear_case
     th0 = fe.prior_sample(jax.random.key(0), 10)
     with pytest.raises(ValueError, match="step_size"):
-        mfsde.sgd(fe, jax.random.key(0), th0, 10, -1.0)
+        mfsde.sgd(fe, jax.random.key(0), th0, num_steps=10, step_size=-1.0)
     with pytest.raises(ValueError, match="num_steps"):
-        mfsde.sgd(fe, jax.random.key(0), th0, 0, 0.1)
+        mfsde.sgd(fe, jax.random.key(0), th0, num_steps=0, step_size=0.1)
     with pytest.raises(ValueError, match="shape"):
-        mfsde.sgd(fe, jax.random.key(0), th0[:, :2], 10, 0.1)
+        mfsde.sgd(fe, jax.random.key(0), th0[:, :2], num_steps=10, step_size=0.1)
     with pytest.raises(ValueError, match="batch_size"):
-        mfsde.sgd(fe, jax.random.key(0), th0, 10, 0.1, batch_size=0)
+        mfsde.sgd(fe, jax.random.key(0), th0, num_steps=10, step_size=0.1, batch_size=0)

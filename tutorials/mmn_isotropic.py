@@ -54,7 +54,7 @@ r = gm.init_radii(jax.random.key(2), N_RED, d)
 ts_sgd, risk_sgd, ts_red, risk_red, norms = [], [], [], [], {0.0: (np.linalg.norm(w, axis=1), np.asarray(r[:, 0]))}
 for i, (a, b) in enumerate(zip(CHECKPOINTS[:-1], CHECKPOINTS[1:])):
     steps = round((b - a) / ETA)
-    tr = mfsde.sgd(fe, jax.random.key(10 + i), w, steps, ETA, batch_size=1, save_every=max(1, steps // 20),
+    tr = mfsde.sgd(fe, jax.random.key(10 + i), w, num_steps=steps, step_size=ETA, batch_size=1, save_every=max(1, steps // 20),
                    progress=False)
     rd = mfsde.langevin(red, jax.random.key(20 + i), r, t1=b - a, dt0=0.01, diagnostics=False)
     w, r = tr.particles, rd.particles
@@ -92,8 +92,8 @@ fe2 = mfsde.FreeEnergy(gm.make_unit(d2), x2, y2, beta)
 # The step must be small for the discrete chain's stationary law to be the N-particle
 # Gibbs law: check_fixed_point on the SGD trajectory tests it with the Stein
 # configurational temperature of the minibatch chain (bench/README.md has the figures).
-noisy = mfsde.sgd(fe2, jax.random.key(4), fe2.prior_sample(jax.random.key(5), n2), 300 if SMOKE else 60000,
-                  0.01 if SMOKE else 0.0005, batch_size=100)
+noisy = mfsde.sgd(fe2, jax.random.key(4), fe2.prior_sample(jax.random.key(5), n2), num_steps=300 if SMOKE else 60000,
+                  step_size=0.01 if SMOKE else 0.0005, batch_size=100)
 check = mfsde.check_fixed_point(fe2, jax.random.key(6), noisy,
                                 num_warmup=60 if SMOKE else 400, num_samples=60 if SMOKE else 500)
 print("noisy SGD: risk", float(noisy.observables["risk"][-1]), "| fixed point check:",

@@ -94,7 +94,7 @@ x, y = st.make_data(jax.random.key(5), num_data=512, scale=eps)
 fe = mfsde.FreeEnergy(st.make_unit(np.sqrt(tau), np.sqrt(tau)), x, y, beta_tr / tau)
 ref = st.fixed_point_quadrature(x, y, fe.beta, np.sqrt(tau), np.sqrt(tau))
 ts = np.linspace(0.0, 1.0, 11)
-bridge = mfsde.schrodinger_bridge(fe, ref["output"], jax.random.key(6), N_BRIDGE, dt0=DT, n_inner=N_INNER,
+bridge = mfsde.schrodinger_bridge(fe, ref["output"], jax.random.key(6), N_BRIDGE, dt0=DT, num_inner=N_INNER,
                                   samples=st.sample_quadrature(jax.random.key(7), ref, 8000),
                                   log_normalizer=ref["log_z"], ts=ts)
 greedy = mfsde.mckean_vlasov(fe, jax.random.key(8), N_BRIDGE, dt0=DT, ts=ts)
@@ -111,7 +111,7 @@ steps = 200
 sgd_runs = {}
 for n in WIDTHS:
     w0 = fe.prior_sample(jax.random.key(9), n)
-    sgd_runs[n] = mfsde.sgd(fe, jax.random.key(10), w0, steps, beta_tr / steps, batch_size=1, noise=False,
+    sgd_runs[n] = mfsde.sgd(fe, jax.random.key(10), w0, num_steps=steps, step_size=beta_tr / steps, batch_size=1, noise=False,
                             prior_drift=False, save_every=steps // 10)
     risk_n = np.asarray(sgd_runs[n].observables["risk"])
     gap = np.max(np.abs(risk_n - np.asarray(ob["risk"])))

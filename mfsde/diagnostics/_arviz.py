@@ -10,57 +10,125 @@ import xarray as xr
 __all__ = ["to_inference_data", "save", "load"]
 
 
-def to_inference_data(traj, fe):
-    """A ``Trajectory``, a ``FixedPoint`` (``sample_fixed_point``) or a ``ParticlePosterior``
-    (``sample_particle_posterior``) as an ArviZ DataTree.
+def to_inference_data(result, fe):
+    """Any result of mfsde as an ArviZ DataTree, sample sites named and shaped as in the unit
+    model (constrained space). Accepts:
 
-    For a FixedPoint: ``posterior`` holds the MCMC draws of ρ* (chain, draw, *site_shape),
-    ``sample_stats`` diverging, acceptance_rate, step_size and energy, ``iterations`` the
-    relative residual, Monte Carlo error and output E_G[σ] of every round.
-
-    For a ParticlePosterior: ``posterior`` holds the draws of the N-particle network,
-    site -> (chain, draw, particle, *site_shape); ``sample_stats`` as above plus
-    n_steps (leapfrog steps per draw); ``observables`` the risk R(f_N) and mean_sq_norm
-    (1/N) Σ‖θ_i‖² of every draw, name -> (chain, draw).
-
-    Groups:
-      - ``posterior``: the final particles as draws, one chain per replicate run (a single
-        run is one chain), each sample site named and shaped as in the unit model, in
-        constrained space: site -> (chain, draw = particle, *site_shape);
-      - ``observables``: the saved time series (risk, free energy, KL and the W2 bound to
-        the prior, ...): name -> (chain, time);
-      - ``constant_data``: beta, sizes, solver, dt0, t0, t1; ``observed_data``: x, y.
+    - a ``Trajectory`` (every dynamics family):
+        - ``posterior``: the final particles as draws, one chain per replicate run (a
+          single run is one chain): site -> (chain, draw = particle, *site_shape);
+        - ``weights`` (a weighted state, ``Particles``): log_weight and the normalised
+          weight of every particle, (chain, draw);
+        - ``observables``: the saved time series (risk, free energy, KL and the W2 bound
+          to the prior, ...): name -> (chain, time);
+        - ``constant_data``: beta, sizes and the run's info (solver, dt0, t0, t1, ...);
+          ``observed_data``: x, y.
+    - a particle cloud, (N, D) array or ``Particles`` (or R clouds, (R, N, D), e.g.
+      ``overdispersed_starts``): ``posterior`` (one chain per cloud) and, if weighted,
+      ``weights``.
+    - a ``FixedPoint`` (``sample_fixed_point``): ``posterior`` holds the MCMC draws of ρ*
+      (chain, draw, *site_shape), ``sample_stats`` diverging, acceptance_rate, step_size
+      and energy, ``iterations`` the relative residual, Monte Carlo error and output
+      E_G[σ] of every round.
+    - ``GibbsSamples`` (``sample_gibbs``): ``posterior`` and ``sample_stats`` as above.
+    - a ``ParticlePosterior`` (``sample_particle_posterior``): ``posterior`` holds the
+      draws of the N-particle network, site -> (chain, draw, particle, *site_shape);
+      ``sample_stats`` as above plus n_steps (leapfrog steps per draw); ``observables``
+      the risk R(f_N) and mean_sq_norm (1/N) Σ‖θ_i‖² of every draw, name -> (chain, draw).
+    - a ``FixedPointCheck`` (``check_fixed_point``): ``posterior`` the draws of G[f_N],
+      ``constant_data`` the verdict (passed, cause, reason) and its statistics.
+    - a ``GibbsNormalizer`` (``gibbs_log_normalizer``): the SMC particles as a weighted
+      cloud, with log_z and kl in ``constant_data``.
     """
+    for cls, build in _builders():
+        if isinstance(result, cls):
+            return build(result, fe)
+    raise TypeError(f"to_inference_data takes a Trajectory, a particle cloud, FixedPoint, GibbsSamples, "
+                    f"ParticlePosterior, FixedPointCheck or GibbsNormalizer; got {type(result).__name__}")
+
+
+def _builders():
+    import jax
+
+    from .._validation import FixedPointCheck
+    from ..dynamics import Trajectory
+    from ..fixed_point import FixedPoint, GibbsNormalizer, GibbsSamples
+    from ..particle_posterior import ParticlePosterior
+    from ..particles import Particles
+
+    return ((Trajectory, _trajectory_tree), (FixedPoint, _fixed_point_tree), (GibbsSamples, _gibbs_tree),
+            (ParticlePosterior, _particle_posterior_tree), (FixedPointCheck, _check_tree),
+            (GibbsNormalizer, _normalizer_tree), (Particles, _cloud_tree), ((np.ndarray, jax.Array), _cloud_tree))
+
+
+def _data_dims(fe) -> dict:
+    x = np.asarray(fe.x)
+    return {"x": ["obs_id"] + [f"x_dim_{i}" for i in range(x.ndim - 1)], "y": ["obs_id"], "output": ["obs_id"]}
+
+
+def _posterior(fe, thetas) -> dict:
+    """site -> (chain, draw, *site_shape) from flat particles (chain, draw, D)."""
+    c, n, d = thetas.shape
+    flat = fe.unflatten(np.asarray(thetas).reshape(-1, d))
+    return {k: np.asarray(v).reshape((c, n) + np.shape(v)[1:]) for k, v in flat.items()}
+
+
+def _weights_group(log_weight) -> xr.DataTree:
+    lw = np.asarray(log_weight, np.float64)
+    w = np.exp(lw - lw.max(axis=1, keepdims=True))
+    w /= w.sum(axis=1, keepdims=True)
+    return xr.DataTree(xr.Dataset({"log_weight": (("chain", "draw"), lw), "weight": (("chain", "draw"), w)},
+                                  coords={"chain": np.arange(lw.shape[0]), "draw": np.arange(lw.shape[1])}))
+
+
+def _tree(fe, posterior: dict, constant: dict, dims: dict, **groups):
     from arviz_base import from_dict
 
-    from ..fixed_point import FixedPoint
-    from ..particle_posterior import ParticlePosterior
+    return from_dict({"posterior": posterior, "constant_data": constant,
+                      "observed_data": {"x": np.asarray(fe.x), "y": np.asarray(fe.y)}, **groups},
+                     dims=dims | _data_dims(fe))
 
-    if isinstance(traj, FixedPoint):
-        return _fixed_point_tree(traj, fe)
-    if isinstance(traj, ParticlePosterior):
-        return _particle_posterior_tree(traj, fe)
-    particles = np.asarray(traj.particles)
-    if particles.ndim == 2:
-        particles = particles[None]
-        observables = {k: np.asarray(v)[None] for k, v in traj.observables.items()}
-    else:
-        observables = {k: np.asarray(v) for k, v in traj.observables.items()}
-    posterior = {}
-    for name in fe.unit.site_names:
-        posterior[name] = np.stack([np.asarray(fe.unflatten(p)[name]) for p in particles])
-    dims = _site_dims(fe)
-    info = dict(traj.info)
+
+def _split_state(particles):
+    """(θ (R, N, D), log_weight (R, N) or None, single run?) of a final state (N, D),
+    (R, N, D) or ``Particles``."""
+    from ..particles import Particles
+
+    theta, lw = (particles.theta, particles.log_weight) if isinstance(particles, Particles) else (particles, None)
+    theta, lw = np.asarray(theta), None if lw is None else np.asarray(lw)
+    single = theta.ndim == 2
+    if single:
+        theta, lw = theta[None], None if lw is None else lw[None]
+    return theta, lw, single
+
+
+def _cloud_tree(cloud, fe):
+    from ..particles import Particles
+
+    if not isinstance(cloud, Particles):
+        cloud = np.asarray(cloud)
+        fe._check_particles(cloud[0] if cloud.ndim == 3 else cloud)
+        cloud = Particles(cloud)
+    theta, lw, _ = _split_state(cloud)
+    tree = _tree(fe, _posterior(fe, theta), {"beta": np.asarray(fe.beta), "num_particles": np.asarray(theta.shape[1])},
+                 _site_dims(fe))
+    if lw is not None:
+        tree["weights"] = _weights_group(lw)
+    return tree
+
+
+def _trajectory_tree(traj, fe):
+    particles, log_weight, single = _split_state(traj.particles)
+    observables = {k: np.asarray(v) for k, v in traj.observables.items()}
+    if single:
+        observables = {k: v[None] for k, v in observables.items()}
     constant = dict(beta=np.asarray(fe.beta), num_particles=np.asarray(particles.shape[1]),
                     num_data=np.asarray(fe.num_data), dim=np.asarray(fe.dim), num_steps=np.asarray(traj.num_steps))
-    for k, v in info.items():
-        constant[k] = np.asarray(v)
-    x = np.asarray(fe.x)
-    tree = from_dict(
-        {"posterior": posterior, "constant_data": constant,
-         "observed_data": {"x": x, "y": np.asarray(fe.y)}},
-        dims=dims | {"x": ["obs_id"] + [f"x_dim_{i}" for i in range(x.ndim - 1)], "y": ["obs_id"]},
-    )
+    for k, v in dict(traj.info).items():
+        constant[k] = np.asarray("None" if v is None else v)
+    tree = _tree(fe, _posterior(fe, particles), constant, _site_dims(fe))
+    if log_weight is not None:
+        tree["weights"] = _weights_group(log_weight)
     ts = np.asarray(traj.ts)
     obs = xr.Dataset({k: (("chain", "time"), v) for k, v in observables.items()},
                      coords={"chain": np.arange(particles.shape[0]), "time": ts})
@@ -68,6 +136,40 @@ def to_inference_data(traj, fe):
     scales = _law_scales(fe, particles, observables)
     if scales:
         tree["observable_scales"] = xr.DataTree(xr.Dataset({k: ((), v) for k, v in scales.items()}))
+    return tree
+
+
+def _mcmc_stats(draws) -> dict:
+    chains, n = np.shape(draws.acceptance)[:2]
+    return {"diverging": np.asarray(draws.diverging, bool), "acceptance_rate": np.asarray(draws.acceptance),
+            "energy": np.asarray(draws.energy),
+            "step_size": np.broadcast_to(np.asarray(draws.step_size)[:, None], (chains, n))}
+
+
+def _gibbs_tree(gs, fe):
+    return _tree(fe, _posterior(fe, np.asarray(gs.samples)), {"beta": np.asarray(fe.beta)}, _site_dims(fe),
+                 sample_stats=_mcmc_stats(gs))
+
+
+def _check_tree(check, fe):
+    test = check.test
+    constant = {"beta": np.asarray(fe.beta), "passed": np.asarray(bool(check.passed)), "cause": np.asarray(check.cause),
+                "reason": np.asarray(check.reason), "statistic": np.asarray(test.statistic),
+                "dof": np.asarray(test.dof), "p_value": np.asarray(test.p_value),
+                "output_error": np.asarray(test.output_error), "output_scale": np.asarray(test.output_scale)}
+    if check.stein is not None:
+        constant.update(stein_temperature=np.asarray(check.stein.temperature),
+                        stein_temperature_se=np.asarray(check.stein.temperature_se), stein_z=np.asarray(check.stein.z))
+    return _tree(fe, _posterior(fe, np.asarray(check.samples)), constant, _site_dims(fe))
+
+
+def _normalizer_tree(norm, fe):
+    from ..particles import Particles
+
+    tree = _cloud_tree(Particles(norm.particles, np.log(np.asarray(norm.weights))), fe)
+    const = tree["constant_data"].to_dataset()
+    tree["constant_data"] = xr.DataTree(const.assign(log_z=norm.log_z, kl=norm.kl,
+                                                     num_temperatures=norm.num_temperatures))
     return tree
 
 
@@ -87,24 +189,9 @@ def _site_dims(fe):
 
 
 def _fixed_point_tree(fp, fe):
-    from arviz_base import from_dict
-
-    samples = np.asarray(fp.samples)
-    chains, draws = samples.shape[:2]
-    flat = fe.unflatten(samples.reshape(-1, fe.dim))
-    posterior = {k: np.asarray(v).reshape((chains, draws) + np.shape(v)[1:]) for k, v in flat.items()}
-    stats = {"diverging": np.asarray(fp.diverging, bool), "acceptance_rate": np.asarray(fp.acceptance),
-             "energy": np.asarray(fp.energy),
-             "step_size": np.broadcast_to(np.asarray(fp.step_size)[:, None], (chains, draws))}
-    x = np.asarray(fe.x)
-    tree = from_dict(
-        {"posterior": posterior, "sample_stats": stats,
-         "constant_data": {"beta": np.asarray(fe.beta), "kernel": np.asarray(fp.kernel),
-                           "converged": np.asarray(fp.converged), "output": np.asarray(fp.output)},
-         "observed_data": {"x": x, "y": np.asarray(fe.y)}},
-        dims=_site_dims(fe) | {"x": ["obs_id"] + [f"x_dim_{i}" for i in range(x.ndim - 1)], "y": ["obs_id"],
-                               "output": ["obs_id"]},
-    )
+    tree = _tree(fe, _posterior(fe, np.asarray(fp.samples)),
+                 {"beta": np.asarray(fe.beta), "kernel": np.asarray(fp.kernel), "converged": np.asarray(fp.converged),
+                  "output": np.asarray(fp.output)}, _site_dims(fe), sample_stats=_mcmc_stats(fp))
     it = xr.Dataset({"residual": (("iteration",), np.asarray(fp.residuals)),
                      "mc_error": (("iteration",), np.asarray(fp.mc_errors)),
                      "output": (("iteration", "obs_id"), np.asarray(fp.outputs))})
@@ -114,27 +201,18 @@ def _fixed_point_tree(fp, fe):
 
 def _particle_posterior_tree(pp, fe):
     import jax
-    from arviz_base import from_dict
 
     samples = np.asarray(pp.samples)
     chains, draws, n, d = samples.shape
     flat = fe.unflatten(samples.reshape(-1, d))
     posterior = {k: np.asarray(v).reshape((chains, draws, n) + np.shape(v)[1:]) for k, v in flat.items()}
     dims = {name: ["particle"] + dims for name, dims in _site_dims(fe).items()}
-    stats = {"diverging": np.asarray(pp.diverging, bool), "acceptance_rate": np.asarray(pp.acceptance),
-             "energy": np.asarray(pp.energy), "n_steps": np.asarray(pp.num_integration_steps),
-             "step_size": np.broadcast_to(np.asarray(pp.step_size)[:, None], (chains, draws))}
+    stats = dict(_mcmc_stats(pp), n_steps=np.asarray(pp.num_integration_steps))
     thetas = pp.samples.reshape(-1, n, d)
     risk = np.asarray(jax.lax.map(fe.risk, thetas)).reshape(chains, draws)
     sq = np.asarray(jax.numpy.mean(jax.numpy.sum(thetas**2, axis=2), axis=1)).reshape(chains, draws)
-    x = np.asarray(fe.x)
-    tree = from_dict(
-        {"posterior": posterior, "sample_stats": stats,
-         "constant_data": {"beta": np.asarray(fe.beta), "kernel": np.asarray(pp.kernel),
-                           "num_particles": np.asarray(n)},
-         "observed_data": {"x": x, "y": np.asarray(fe.y)}},
-        dims=dims | {"x": ["obs_id"] + [f"x_dim_{i}" for i in range(x.ndim - 1)], "y": ["obs_id"]},
-    )
+    tree = _tree(fe, posterior, {"beta": np.asarray(fe.beta), "kernel": np.asarray(pp.kernel),
+                                 "num_particles": np.asarray(n)}, dims, sample_stats=stats)
     obs = xr.Dataset({"risk": (("chain", "draw"), risk), "mean_sq_norm": (("chain", "draw"), sq)},
                      coords={"chain": np.arange(chains), "draw": np.arange(draws)})
     tree["observables"] = xr.DataTree(obs)

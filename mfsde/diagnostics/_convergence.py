@@ -356,8 +356,8 @@ def summary(idata, fe=None) -> Summary:
     """ArviZ summary of the posterior (R-hat and ESS across replicate runs as chains) plus the
     final risk, free energy, KL(ρ‖π₀) and W2(ρ, π₀), and the ``convergence`` verdict.
 
-    W2 is the exact estimate ``w2_to_prior`` of the first chain's particles when ``fe`` is
-    given, else the recorded Gelbrich lower bound (NaN if neither is available). For an
+    W2 is the exact estimate ``w2_to_prior`` of the first chain's particles (with their
+    weights, for a weighted state) when ``fe`` is given, else the recorded Gelbrich lower bound (NaN if neither is available). For an
     MCMC result (``sample_fixed_point``, ``sample_particle_posterior``) the verdict is
     R-hat < ``RHAT_MAX`` across chains.
     """
@@ -381,6 +381,10 @@ def summary(idata, fe=None) -> Summary:
         sel = {"chain": 0} if not sel else sel
         values = {k: post[k].isel(**sel).values for k in fe.unit.site_names}
         flat = jax.vmap(fe.unit.flatten)(values)
+        if "weights" in idata.children and "chain" in sel:
+            from ..particles import Particles
+
+            flat = Particles(flat, jax.numpy.asarray(idata["weights"]["log_weight"].values[0]))
         w2 = w2_to_prior(flat, fe)
     if obs is not None and "time" in obs.dims:
         verdict = convergence(idata)

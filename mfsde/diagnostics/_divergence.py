@@ -20,6 +20,8 @@ from jax.scipy.special import digamma, gammaln
 from jaxtyping import Array, Float, PRNGKeyArray
 
 from .._blocks import row_blocks, unblock
+from .._keys import single_key
+from ..particles import Particles, as_measure
 
 __all__ = ["entropy_knn", "kl_to_prior", "w2", "w2_gaussian", "w2_to_prior", "w2_to_prior_bound",
            "gaussian_prior_moments", "EXACT_MAX"]
@@ -64,27 +66,49 @@ def entropy_knn(x: Float[Array, "n d"], k: int = 1) -> Float[Array, ""]:
     return digamma(float(n)) - digamma(float(k)) + log_vd + d * jnp.mean(_knn_log_distances(x, k))
 
 
-def kl_to_prior(particles: Float[Array, "n d"], fe, k: int = 1) -> Float[Array, ""]:
+def kl_to_prior(particles: Float[Array, "n d"] | Particles, fe, k: int = 1) -> Float[Array, ""]:
     """KL(ρ‖π₀) ≈ −Ĥ_kNN(ρ) − (1/N) Σ_i log π₀(θ_i) for the empirical cloud of ρ.
 
-    The points must be distinct draws (particles are): MCMC output with repeated states
-    (rejections) has zero nearest-neighbour distances and overestimates KL badly.
+    For a weighted measure ``Particles`` (ρ = Σ w_i δ_{θ_i}, the points θ_i drawn from some
+    q and w_i ∝ ρ(θ_i)/q(θ_i)) the k-NN density of the points, q̂(θ_i) = k / ((N − 1) V_D
+    ε_i^D) in the Kozachenko–Leonenko form, is reweighted to ρ̂(θ_i) = N w_i q̂(θ_i):
+
+        KL ≈ Σ_i w_i [log(N w_i) + ψ(k) − ψ(N) − log V_D − D log ε_i − log π₀(θ_i)],
+
+    which is the unweighted estimate when w_i = 1/N. The points must be distinct draws
+    (particles are): MCMC output with repeated states (rejections), or a resampled cloud,
+    has zero nearest-neighbour distances and overestimates KL badly.
     """
-    particles = fe._check_particles(particles)
-    return -entropy_knn(particles, k) - jnp.mean(fe.prior_logdensity(particles))
+    theta, w = as_measure(particles)
+    theta = fe._check_particles(theta)
+    if w is None:
+        return -entropy_knn(theta, k) - jnp.mean(fe.prior_logdensity(theta))
+    n, d = theta.shape
+    if n <= k:
+        raise ValueError(f"kl_to_prior needs more than k = {k} points, got {n}")
+    log_vd = 0.5 * d * math.log(math.pi) - gammaln(0.5 * d + 1.0)
+    log_rho = (jnp.log(n * w) + digamma(float(k)) - digamma(float(n)) - log_vd
+               - d * _knn_log_distances(theta, k))
+    return jnp.sum(w * (log_rho - fe.prior_logdensity(theta)))
 
 
-def _as_cloud(name: str, a) -> np.ndarray:
-    a = np.asarray(a, dtype=np.float64)
-    if a.ndim != 2 or a.shape[0] < 1:
-        raise ValueError(f"{name} must be a particle array of shape (N, D), got {a.shape}")
-    if not np.all(np.isfinite(a)):
+def _as_cloud(name: str, a) -> tuple[np.ndarray, np.ndarray]:
+    """(points (N, D), weights (N,) summing to one) of an array or ``Particles``, in float64."""
+    theta, w = as_measure(a)
+    theta = np.asarray(theta, dtype=np.float64)
+    if theta.ndim != 2 or theta.shape[0] < 1:
+        raise ValueError(f"{name} must be a particle array of shape (N, D), got {theta.shape}")
+    if not np.all(np.isfinite(theta)):
         raise ValueError(f"{name} contains non-finite values")
-    return a
+    if w is None:
+        return theta, np.full(len(theta), 1.0 / len(theta))
+    w = np.asarray(w, np.float64)
+    return theta, w / w.sum()
 
 
 def w2(p, q, method: str = "auto", reg: float | None = None) -> float:
-    """W2 between the empirical measures of two clouds p (N, D) and q (M, D).
+    """W2 between the empirical measures of two clouds p (N, D) and q (M, D), either of
+    which may be a weighted ``Particles`` (its weights are the OT marginal).
 
     method: "exact" (POT ``emd2``, network simplex), "sinkhorn" (POT's debiased Sinkhorn
     divergence S_ε = OT_ε(p, q) − ½OT_ε(p, p) − ½OT_ε(q, q) with squared-Euclidean cost,
@@ -93,19 +117,18 @@ def w2(p, q, method: str = "auto", reg: float | None = None) -> float:
     """
     import ot
 
-    p, q = _as_cloud("p", p), _as_cloud("q", q)
+    (p, a), (q, b) = _as_cloud("p", p), _as_cloud("q", q)
     if p.shape[1] != q.shape[1]:
         raise ValueError(f"clouds live in different dimensions: {p.shape} vs {q.shape}")
     if method == "auto":
         method = "exact" if max(len(p), len(q)) <= EXACT_MAX else "sinkhorn"
-    a, b = np.full(len(p), 1.0 / len(p)), np.full(len(q), 1.0 / len(q))
     if method == "exact":
         cost = ot.dist(p, q, metric="sqeuclidean")
         return float(math.sqrt(max(ot.emd2(a, b, cost, numItermax=10_000_000), 0.0)))
     if method == "sinkhorn":
         if reg is None:
             # mean squared distance without forming the N x M matrix
-            mean_sq = (p**2).sum(1).mean() + (q**2).sum(1).mean() - 2 * p.mean(0) @ q.mean(0)
+            mean_sq = a @ (p**2).sum(1) + b @ (q**2).sum(1) - 2 * (a @ p) @ (b @ q)
             reg = 0.01 * float(mean_sq)
         lazy = max(len(p), len(q)) > 4 * EXACT_MAX
         s = ot.bregman.empirical_sinkhorn_divergence(p, q, reg, a, b, metric="sqeuclidean", isLazy=lazy,
@@ -126,11 +149,19 @@ def _bures(m1, s1, m2, s2):
     return jnp.sqrt(jnp.maximum(b2, 0.0))
 
 
-def w2_gaussian(p: Float[Array, "n d"], q: Float[Array, "m d"]) -> Float[Array, ""]:
+def _moments(particles) -> tuple[Array, Array]:
+    """(mean, covariance) of an array (unbiased, as ``jnp.cov``) or of a ``Particles``
+    (its weights as reliability weights, ``jnp.cov(aweights=...)``)."""
+    theta, w = as_measure(particles)
+    d = theta.shape[1]
+    if w is None:
+        return theta.mean(0), jnp.cov(theta.T).reshape(d, d)
+    return w @ theta, jnp.cov(theta.T, aweights=w).reshape(d, d)
+
+
+def w2_gaussian(p: Float[Array, "n d"] | Particles, q: Float[Array, "m d"] | Particles) -> Float[Array, ""]:
     """Gelbrich lower bound on W2(p, q): the Bures distance between their Gaussian fits."""
-    p, q = jnp.asarray(p), jnp.asarray(q)
-    return _bures(p.mean(0), jnp.cov(p.T).reshape(p.shape[1], p.shape[1]),
-                  q.mean(0), jnp.cov(q.T).reshape(q.shape[1], q.shape[1]))
+    return _bures(*_moments(p), *_moments(q))
 
 
 def gaussian_prior_moments(fe) -> tuple[np.ndarray, np.ndarray] | None:
@@ -148,10 +179,9 @@ def w2_to_prior_bound(particles: Float[Array, "n d"], fe, moments=None) -> Float
     moments = gaussian_prior_moments(fe) if moments is None else moments
     if moments is None:
         raise ValueError("w2_to_prior_bound needs a Gaussian prior (Normal / MultivariateNormal sites)")
-    particles = jnp.asarray(particles)
-    m0, s0 = (jnp.asarray(a, particles.dtype) for a in moments)
-    cov = jnp.cov(particles.T).reshape(fe.dim, fe.dim)
-    return _bures(particles.mean(0), cov, m0, s0)
+    mean, cov = _moments(particles)
+    m0, s0 = (jnp.asarray(a, mean.dtype) for a in moments)
+    return _bures(mean, cov, m0, s0)
 
 
 def w2_to_prior(particles: Float[Array, "n d"], fe, key: PRNGKeyArray | None = None, method: str = "auto") -> float:
@@ -161,6 +191,6 @@ def w2_to_prior(particles: Float[Array, "n d"], fe, key: PRNGKeyArray | None = N
     the same law (≈ N^{-1/D} for D > 4); ``w2_to_prior_bound`` is a bias-free lower bound
     when the prior is Gaussian.
     """
-    particles = fe._check_particles(particles)
-    key = jax.random.key(0) if key is None else key
-    return w2(particles, fe.prior_sample(key, particles.shape[0]), method=method)
+    n = fe._check_particles(particles).shape[0]
+    key = jax.random.key(0) if key is None else single_key(key, replicates="one prior sample to compare with")
+    return w2(particles, fe.prior_sample(key, n), method=method)

@@ -27,7 +27,7 @@ import tqdm
 from jaxtyping import Array, Float, PRNGKeyArray
 
 from . import _checkpoint
-from ._keys import as_keys
+from .._keys import as_keys
 from ._starts import start_dispersion
 
 __all__ = ["ParticleSDE", "Trajectory", "solve", "drive"]

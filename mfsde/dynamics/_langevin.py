@@ -19,7 +19,7 @@ from ..diagnostics._divergence import kl_to_prior, w2_to_prior_bound
 from ..diagnostics._moments import LawMoments
 from ._checkpoint import data_fingerprint
 from ._core import ParticleSDE, Trajectory, drive
-from ._keys import as_keys
+from .._keys import as_keys
 from ._solver import LeimkuhlerMatthews
 
 # In-run diagnostics (k-NN KL, O(N² D) per save) are on by default up to this many particles.
@@ -105,12 +105,12 @@ def langevin(
     fe: FreeEnergy,
     key: PRNGKeyArray,
     particles0: Float[Array, "n d"],
+    *,
     t1: float,
     dt0: float,
     solver: diffrax.AbstractSolver | None = None,
     ts: Array | None = None,
     schedule: Callable | None = None,
-    *,
     t0: float = 0.0,
     stepsize_controller: diffrax.AbstractStepSizeController | None = None,
     observables: dict[str, Callable] | None = None,

@@ -17,7 +17,7 @@ from ..free_energy import FreeEnergy
 from ..particle_posterior import stein_residual
 from ._checkpoint import data_fingerprint
 from ._core import ParticleSDE, Trajectory, drive
-from ._keys import as_keys
+from .._keys import as_keys
 from ._langevin import _STEIN_SEED, _unit_schedule
 
 __all__ = ["sgd", "SGDStep", "SGDObservables"]
@@ -80,8 +80,8 @@ class SGDObservables(eqx.Module):
         return out
 
 
-def sgd(fe: FreeEnergy, key: PRNGKeyArray, particles0: Float[Array, "n d"], num_steps: int, step_size: float,
-        batch_size: int | None = None, noise: bool | None = None, *, prior_drift: bool | None = None,
+def sgd(fe: FreeEnergy, key: PRNGKeyArray, particles0: Float[Array, "n d"], *, num_steps: int, step_size: float,
+        batch_size: int | None = None, noise: bool | None = None, prior_drift: bool | None = None,
         schedule: Callable | None = None, save_every: int | None = None,
         observables: dict[str, Callable] | None = None, progress: bool | None = None,
         checkpoint_every: int | None = None, checkpoint_path: str | os.PathLike | None = None) -> Trajectory:
@@ -143,7 +143,8 @@ def sgd(fe: FreeEnergy, key: PRNGKeyArray, particles0: Float[Array, "n d"], num_
         particles0 = jnp.broadcast_to(particles0, (key.shape[0], *particles0.shape[-2:])).astype(fe.x.dtype)
     else:
         particles0 = fe._check_particles(particles0).astype(fe.x.dtype)
-    if not bool(jnp.all(jnp.isfinite(particles0))):
+    # under an outer jit the values are not known here
+    if not isinstance(particles0, jax.core.Tracer) and not bool(jnp.all(jnp.isfinite(particles0))):
         raise ValueError("particles0 contains non-finite values")
     if int(num_steps) != num_steps or num_steps < 1:
         raise ValueError(f"num_steps must be a positive integer, got {num_steps!r}")

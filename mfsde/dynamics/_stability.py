@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float, PRNGKeyArray
 
+from .._keys import single_key
 from ..free_energy import FreeEnergy
 
 __all__ = ["max_curvature"]
@@ -30,7 +31,7 @@ def max_curvature(fe: FreeEnergy, particles: Float[Array, "n d"], key: PRNGKeyAr
 
     particles = fe._check_particles(particles)
     drift = LangevinDrift(fe)
-    key = jax.random.key(0) if key is None else key
+    key = jax.random.key(0) if key is None else single_key(key, replicates="one power iteration")
     v0 = jax.random.normal(key, particles.shape, particles.dtype)
 
     def jv(v):

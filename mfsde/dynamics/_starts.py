@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float, PRNGKeyArray
 
+from .._keys import single_key
 from ..free_energy import FreeEnergy
 
 __all__ = ["overdispersed_starts"]
@@ -18,7 +19,7 @@ _CENTRE_DRAWS = 4096
 
 
 def overdispersed_starts(fe: FreeEnergy, key: PRNGKeyArray, num_replicates: int, num_particles: int,
-                         spread: float = 2.0) -> Float[Array, "r n d"]:
+                         *, spread: float = 2.0) -> Float[Array, "r n d"]:
     """Starting clouds (R, N, D) whose laws differ across replicates: prior draws scaled about
     the prior's centre c (its mean for Gaussian sites, else the coordinate-wise median of
     prior draws) by factors s_r = spread^(2r/(R−1) − 1), r = 0..R−1, from 1/spread to spread:
@@ -38,7 +39,7 @@ def overdispersed_starts(fe: FreeEnergy, key: PRNGKeyArray, num_replicates: int,
         raise ValueError(f"spread must be a number >= 1, got {spread!r}")
     r = int(num_replicates)
     moments = fe.unit.gaussian_prior_moments()
-    k_centre, k_draw = jax.random.split(key)
+    k_centre, k_draw = jax.random.split(single_key(key, replicates="one key makes all the replicates' starts"))
     if moments is not None:
         centre = jnp.asarray(moments[0], fe.x.dtype)
     else:

@@ -15,7 +15,7 @@ The control cost is integrated along the path as one extra state column,
 dc_i = ½‖Σ^{-1/2} u(W_i, t)‖² dt (no noise), so the same diffrax core solves (N, D + 1).
 
 The bridge's inner expectation E_Q[∇Ψ] is estimated by self-normalised multiple importance
-sampling (balance heuristic) over two proposals, n_inner draws per particle and step:
+sampling (balance heuristic) over two proposals, num_inner draws per particle and step:
   (g) a Gaussian N(μ, (1 − t)Σ) with μ = w − β(1 − t)Σ∇Ψ(w; ρ*), Q's Laplace-type centre:
       exact in the linear case (Ψ linear in v makes Q this Gaussian), and accurate as
       t → 1 where Q narrows to N(w, (1 − t)Σ);
@@ -42,13 +42,14 @@ from jaxtyping import Array, Float, PRNGKeyArray
 from ..free_energy import FreeEnergy
 from ._checkpoint import array_digest, data_fingerprint
 from ._core import ParticleSDE, Trajectory, drive, num_fixed_steps
-from ._keys import as_keys
+from .._keys import as_keys
+from .._api import renamed
 from .._blocks import row_blocks, unblock
 
 __all__ = ["mckean_vlasov", "schrodinger_bridge", "gaussian_prior", "time_grid", "GreedyDrift", "BridgeDrift"]
 
 ESTIMATORS = ("mis", "gaussian", "fixed_point")
-# Inner points (particles x n_inner) handled at once; the data are chunked within that.
+# Inner points (particles x num_inner) handled at once; the data are chunked within that.
 _INNER_POINTS_CPU = 1 << 14
 _INNER_POINTS_ACCEL = 1 << 18
 # Smallest 1 − t used in the inner Gaussian (Q is δ_w at t = 1).
@@ -100,10 +101,10 @@ def _step_key(key, t):
 
 class BridgeDrift(eqx.Module):
     """(û*, ½ û_a·Σ^{-1}û_b) with û* = (û_a + û_b)/2, two independent importance-sampling
-    estimates of the optimal control from n_inner/2 draws each.
+    estimates of the optimal control from num_inner/2 draws each.
 
     ``estimate(t, w, key)`` is the estimator on its own; its ``ess`` is each particle's
-    inner effective sample size Σ_halves (Σ_j ω_j)² / Σ_j ω_j², out of n_inner.
+    inner effective sample size Σ_halves (Σ_j ω_j)² / Σ_j ω_j², out of num_inner.
     ``num_gaussian`` and ``num_pool`` count the draws of each proposal per half.
     """
 
@@ -199,7 +200,7 @@ def time_grid(dt0: float, kind: str = "uniform") -> np.ndarray:
     min(1/(1 − t), ‖ΣH‖), H the curvature of βΨ*), which the quadratic grid resolves; but
     with a multimodal ρ* the early steps, where particles leave the saddle at m and pick a
     mode, matter more. Measured on models/scalar_tanh.py (N = 4000, quadrature reference):
-    uniform dt0 = 0.01, n_inner = 64 passes ``check_fixed_point``; quadratic fails at
+    uniform dt0 = 0.01, num_inner = 64 passes ``check_fixed_point``; quadratic fails at
     dt0 = 0.01 and 0.005 (output error 1.4–1.6x the threshold). Hence "uniform" is the default.
     """
     if kind not in TIME_GRIDS:
@@ -215,7 +216,7 @@ def _solve_on_unit_interval(fe, sde_of, observables, key, num_particles, dt0, ts
     ``sde_of(key) -> (drift, noise key)`` (the bridge's drift depends on the replicate's
     key) and ``observables(drift)``."""
     if not (isinstance(num_particles, (int, np.integer)) and num_particles >= 1):
-        raise ValueError(f"n_particles must be a positive integer, got {num_particles!r}")
+        raise ValueError(f"num_particles must be a positive integer, got {num_particles!r}")
     steps = time_grid(float(dt0), grid)
     if ts is None:
         n = len(steps) - 1
@@ -237,6 +238,11 @@ def _solve_on_unit_interval(fe, sde_of, observables, key, num_particles, dt0, ts
     return traj._replace(particles=traj.particles[..., : fe.dim])
 
 
+def _finite(a) -> bool:
+    # under an outer jit the values are not known here
+    return isinstance(a, jax.core.Tracer) or bool(np.all(np.isfinite(np.asarray(a))))
+
+
 def _check_fe(fe):
     if not isinstance(fe, FreeEnergy):
         raise TypeError(f"fe must be a mfsde.FreeEnergy, got {type(fe).__name__}")
@@ -244,7 +250,8 @@ def _check_fe(fe):
         raise ValueError("Tzen–Raginsky dynamics need a finite beta (the prior's noise is part of them)")
 
 
-def mckean_vlasov(fe: FreeEnergy, key: PRNGKeyArray, n_particles: int, dt0: float = 0.01, *, ts: Array | None = None,
+@renamed(n_particles="num_particles")
+def mckean_vlasov(fe: FreeEnergy, key: PRNGKeyArray, num_particles: int, *, dt0: float = 0.01, ts: Array | None = None,
                   solver: diffrax.AbstractSolver | None = None, time_grid: str = "uniform",
                   progress: bool | None = None, checkpoint_every: int | None = None,
                   checkpoint_path: str | os.PathLike | None = None) -> Trajectory:
@@ -261,7 +268,7 @@ def mckean_vlasov(fe: FreeEnergy, key: PRNGKeyArray, n_particles: int, dt0: floa
         fe: free energy with a Gaussian prior with independent coordinates; finite β.
         key: PRNG key of the Brownian motion, or a batch of R keys (shape (R,); raw
             ``PRNGKey`` keys too) for R replicate runs, vmapped.
-        n_particles: N. dt0: step (default Euler–Maruyama, weak order 1).
+        num_particles: N. dt0: step (default Euler–Maruyama, weak order 1).
         ts: save times in [0, 1] (default 21 points on the step grid).
         time_grid: "uniform" (default; the greedy drift is no stiffer near t = 1) or
             "quadratic" (``mfsde.dynamics.time_grid``).
@@ -275,13 +282,14 @@ def mckean_vlasov(fe: FreeEnergy, key: PRNGKeyArray, n_particles: int, dt0: floa
     _check_fe(fe)
     mean, var = gaussian_prior(fe)
     drift = GreedyDrift(fe, jnp.asarray(var, fe.x.dtype))
-    return _solve_on_unit_interval(fe, lambda k: (drift, k), lambda drift: TzenRaginskyObservables(fe), key, n_particles, dt0, ts,
+    return _solve_on_unit_interval(fe, lambda k: (drift, k), lambda drift: TzenRaginskyObservables(fe), key, num_particles, dt0, ts,
                                    solver, progress, mean, var, time_grid, checkpoint_every, checkpoint_path,
                                    dict(family="mckean_vlasov"), (("sde", "mckean_vlasov"),))
 
 
-def schrodinger_bridge(fe: FreeEnergy, fixed_point_or_output, key: PRNGKeyArray, n_particles: int,
-                       dt0: float = 0.01, n_inner: int = 32, *, estimator: str = "mis", samples: Array | None = None,
+@renamed(n_particles="num_particles", n_inner="num_inner")
+def schrodinger_bridge(fe: FreeEnergy, fixed_point_or_output, key: PRNGKeyArray, num_particles: int, *,
+                       dt0: float = 0.01, num_inner: int = 32, estimator: str = "mis", samples: Array | None = None,
                        log_normalizer: float | None = None, ts: Array | None = None,
                        solver: diffrax.AbstractSolver | None = None, time_grid: str = "uniform",
                        particle_chunk: int | str = "auto",
@@ -293,9 +301,9 @@ def schrodinger_bridge(fe: FreeEnergy, fixed_point_or_output, key: PRNGKeyArray,
         Q_{w,t}(dv) ∝ N(v; w, (1 − t)Σ) exp(−β Ψ(v; ρ*)),   t ∈ [0, 1].
 
     Law(W_1) = ρ*, control cost ½E∫‖Σ^{-1/2}u*‖² dt = KL(ρ*‖π₀) and J = β F_β(ρ*).
-    The inner expectation is estimated per particle and step from ``n_inner`` draws by
+    The inner expectation is estimated per particle and step from ``num_inner`` draws by
     multiple importance sampling (module docstring), in chunks of particles so that at most
-    ``particle_chunk`` x n_inner inner points (and one data chunk) are alive at once.
+    ``particle_chunk`` x num_inner inner points (and one data chunk) are alive at once.
 
     Args:
         fe: free energy with a Gaussian prior with independent coordinates; finite β.
@@ -305,7 +313,7 @@ def schrodinger_bridge(fe: FreeEnergy, fixed_point_or_output, key: PRNGKeyArray,
             batch of R keys (raw ``PRNGKey`` keys too) for R replicate runs: each its own
             Brownian motion and inner draws, the pool and log Z shared (from the first key),
             so with ``samples`` and ``log_normalizer`` given, replicate r is the run with key r.
-        n_particles, dt0, n_inner: N, the step, inner draws per particle and step.
+        num_particles, dt0, num_inner: N, the step, inner draws per particle and step.
         estimator: "mis" (default; half the draws from each proposal), "gaussian" (only
             the Gaussian proposal) or "fixed_point" (only ρ* draws).
         samples: draws of ρ* (any leading shape, last axis D) for the pool; default the
@@ -331,9 +339,9 @@ def schrodinger_bridge(fe: FreeEnergy, fixed_point_or_output, key: PRNGKeyArray,
     if estimator not in ESTIMATORS:
         raise ValueError(f"estimator must be one of {ESTIMATORS}, got {estimator!r}")
     smallest = 4 if estimator == "mis" else 2
-    if not (isinstance(n_inner, (int, np.integer)) and n_inner >= smallest and n_inner % smallest == 0):
-        raise ValueError(f"n_inner must be a multiple of {smallest} (two halves{' of two proposals' if smallest == 4 else ''})"
-                         f" for estimator {estimator!r}, got {n_inner!r}")
+    if not (isinstance(num_inner, (int, np.integer)) and num_inner >= smallest and num_inner % smallest == 0):
+        raise ValueError(f"num_inner must be a multiple of {smallest} (two halves{' of two proposals' if smallest == 4 else ''})"
+                         f" for estimator {estimator!r}, got {num_inner!r}")
     key, batched = as_keys(key)
     mean, var = gaussian_prior(fe)
     dtype = fe.x.dtype
@@ -345,23 +353,24 @@ def schrodinger_bridge(fe: FreeEnergy, fixed_point_or_output, key: PRNGKeyArray,
             samples = fixed_point_or_output.samples
     else:
         output = jnp.asarray(fixed_point_or_output, dtype)
-    if output.shape != (fe.num_data,) or not bool(jnp.all(jnp.isfinite(output))):
+    if output.shape != (fe.num_data,) or not _finite(output):
         raise ValueError(f"the fixed point's output must be a finite (P,) = ({fe.num_data},) array, got {output.shape}")
-    half = n_inner // 2
+    half = num_inner // 2
     n_g = {"mis": half // 2, "gaussian": half, "fixed_point": 0}[estimator]
     n_r = half - n_g
     if n_r and samples is None:
         init = fe.prior_sample(k_pool, 4)
         samples = sample_gibbs(fe, jax.random.fold_in(k_pool, 1), output, init, num_samples=1000).samples
     pool = jnp.zeros((1, fe.dim), dtype) if samples is None else jnp.asarray(samples, dtype).reshape(-1, fe.dim)
-    if pool.shape[-1] != fe.dim or not bool(jnp.all(jnp.isfinite(pool))):
+    if pool.shape[-1] != fe.dim or not _finite(pool):
         raise ValueError(f"samples of ρ* must be finite with last axis D = {fe.dim}")
     if n_r and n_g and log_normalizer is None:
         log_normalizer = gibbs_log_normalizer(fe, k_z, output, samples=pool).log_z
-    log_z = jnp.asarray(0.0 if log_normalizer is None else float(log_normalizer), dtype)
+    log_z_value = 0.0 if log_normalizer is None else float(log_normalizer)
+    log_z = jnp.asarray(log_z_value, dtype)
     if particle_chunk == "auto":
         cap = _INNER_POINTS_CPU if jax.default_backend() == "cpu" else _INNER_POINTS_ACCEL
-        particle_chunk = max(1, cap // n_inner)
+        particle_chunk = max(1, cap // num_inner)
     if not (isinstance(particle_chunk, (int, np.integer)) and particle_chunk >= 1):
         raise ValueError(f"particle_chunk must be a positive integer or 'auto', got {particle_chunk!r}")
     def sde_of(k):
@@ -373,9 +382,10 @@ def schrodinger_bridge(fe: FreeEnergy, fixed_point_or_output, key: PRNGKeyArray,
     def obs(drift):
         return TzenRaginskyObservables(fe, drift, int(num_ess))
 
-    fingerprint = dict(family="schrodinger_bridge", estimator=estimator, n_inner=int(n_inner),
-                       output_sha256=array_digest(output), pool_sha256=array_digest(pool), log_z=float(log_z))
-    return _solve_on_unit_interval(fe, sde_of, obs, key, n_particles, dt0, ts, solver, progress, mean, var, time_grid,
+    fingerprint = dict(family="schrodinger_bridge", estimator=estimator, num_inner=int(num_inner), log_z=log_z_value)
+    if checkpoint_path is not None:
+        fingerprint.update(output_sha256=array_digest(output), pool_sha256=array_digest(pool))
+    return _solve_on_unit_interval(fe, sde_of, obs, key, num_particles, dt0, ts, solver, progress, mean, var, time_grid,
                                    checkpoint_every, checkpoint_path, fingerprint,
                                    (("sde", "schrodinger_bridge"), ("estimator", estimator),
-                                    ("n_inner", int(n_inner)), ("log_normalizer", float(log_z))))
+                                    ("num_inner", int(num_inner)), ("log_normalizer", log_z_value)))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import jax
 from jaxtyping import PRNGKeyArray
 
-__all__ = ["as_keys"]
+__all__ = ["as_keys", "single_key"]
 
 
 def as_keys(key, name: str = "key") -> tuple[PRNGKeyArray, bool]:
@@ -35,3 +35,13 @@ def as_keys(key, name: str = "key") -> tuple[PRNGKeyArray, bool]:
 def _raw_shape() -> tuple[int, ...]:
     # the key data of the default implementation (threefry: 2 words)
     return tuple(jax.random.key_data(jax.random.key(0)).shape)
+
+
+def single_key(key, name: str = "key", replicates: str = "") -> PRNGKeyArray:
+    """One typed key from a typed or raw key (``as_keys``); a batch raises ValueError that says
+    what the function's replicates are instead (``replicates``)."""
+    key, batched = as_keys(key, name)
+    if batched:
+        raise ValueError(f"{name} must be a single key here, got a batch of {key.shape[0]}"
+                         + (f"; {replicates}" if replicates else ""))
+    return key
