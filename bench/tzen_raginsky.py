@@ -61,7 +61,7 @@ def memory_child(n, p, d, n_inner):
     ma = compiled.memory_analysis()
     t = time.perf_counter()
     jax.block_until_ready(compiled(bridge, 0.3, state))
-    out = dict(n=n, p=p, d=d, num_inner=n_inner, temp_bytes=ma.temp_size_in_bytes,
+    out = dict(n=n, p=p, d=d, n_inner=n_inner, temp_bytes=ma.temp_size_in_bytes,
                max_rss_bytes=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
                step_s=time.perf_counter() - t, dense_bytes=n * n_inner * p * 4)
     if jax.default_backend() == "gpu":

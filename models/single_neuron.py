@@ -86,7 +86,7 @@ def compare_scalings(key, x, y, x_test, y_test, width: int, scaling: str, num_st
     fe = mfsde.FreeEnergy(make_unit(activation=activation, output_scale=alpha), x, y, float("inf"))
     k0, k1 = jax.random.split(key)
     eta = step_size if scaling == "mean_field" else step_size / width
-    tr = mfsde.sgd(fe, k1, fe.prior_sample(k0, width), num_steps, eta, noise=False, prior_drift=False,
+    tr = mfsde.sgd(fe, k1, fe.prior_sample(k0, width), num_steps=num_steps, step_size=eta, noise=False, prior_drift=False,
                    save_every=num_steps)
     test = float(jnp.mean((fe.output(tr.particles, x_test) - y_test) ** 2))
     return float(tr.observables["risk"][-1]), test

@@ -4,10 +4,10 @@ For each function the table says, and the tests check:
 - jit: it runs under ``jax.jit`` (traced key, and traced particles where it takes them) and
   agrees with the eager call to float64 rounding — or the reason it cannot, and then it
   must indeed fail under jit (so the table cannot go stale);
-- keys: a batch of keys gives replicates (a leading axis; test_keys.py checks replicate r
-  equals the run with key r) — or the reason it cannot, and then a batch raises a
-  ValueError that says what the function's replicates are; a raw ``PRNGKey`` works
-  wherever a key does;
+- keys: a batch of keys gives replicates (the dynamics families; tests/test_keys.py checks
+  that replicate r is the run with key r, and raw keys, for each of them) — or the reason
+  it cannot, and then a batch raises a ValueError that says what the function's
+  replicates are; a raw ``PRNGKey`` gives what its typed twin gives;
 - idata: its result goes through ``to_inference_data`` and ``save``/``load`` unchanged —
   or the reason it has no DataTree.
 Every result type is a pure pytree (strings in static fields): it passes through jit.
@@ -23,6 +23,7 @@ import pytest
 
 import mfsde
 
+LANGEVIN = dict(t1=0.4, dt0=0.1, ts=[0.0, 0.2, 0.4])
 HOST = "host-side post-processing (ArviZ / xarray / numpy statistics) of a finished run"
 SCALAR = "returns a scalar or a function, not a sample"
 
@@ -40,7 +41,7 @@ def setup(neuron):
     fe = mfsde.FreeEnergy(neuron.unit, x, y, beta=20.0)
     p0 = fe.prior_sample(jax.random.key(1), 8)
     pool = fe.prior_sample(jax.random.key(2), 16)
-    traj = mfsde.langevin(fe, jax.random.key(3), p0, t1=0.4, dt0=0.1, ts=[0.0, 0.2, 0.4])
+    traj = mfsde.langevin(fe, jax.random.key(3), p0, **LANGEVIN)
     idata = mfsde.to_inference_data(traj, fe)
     return fe, p0, pool, traj, idata
 
@@ -54,7 +55,7 @@ def _table(fe, p0, pool, traj, idata):
     mcmc = dict(num_warmup=10, num_samples=10)
     chains = "its replicates are its num_chains chains, drawn from one key"
     return {
-        "langevin": Entry(lambda k, p: mfsde.langevin(fe, k, p, t1=0.3, dt0=0.1), keys=True, idata=True),
+        "langevin": Entry(lambda k, p: mfsde.langevin(fe, k, p, **LANGEVIN), keys=True, idata=True),
         "sgd": Entry(lambda k, p: mfsde.sgd(fe, k, p, num_steps=6, step_size=0.05, batch_size=5, save_every=3),
                      keys=True, idata=True),
         "mckean_vlasov": Entry(lambda k, p: mfsde.mckean_vlasov(fe, k, 8, dt0=0.25), keys=True, idata=True),
@@ -149,17 +150,17 @@ def test_jit_keys_and_inference_data(setup, name, tmp_path):
     else:
         with pytest.raises(Exception):
             jax.jit(e.call)(key, p0)
-    # keys: raw keys work; a batch gives replicates or says what the replicates are
-    if e.keys is not None:
+    # keys: raw keys work; a batch says what the replicates are (families: test_keys.py)
+    if e.keys is True:
+        from test_keys import FAMILIES
+
+        assert name in FAMILIES
+    elif e.keys is not None:
         raw = e.call(jax.random.key_data(key), p0)
         for a, b in zip(_arrays(eager), _arrays(raw), strict=True):
             np.testing.assert_array_equal(a, b)
-        keys = jax.random.split(key, 2)
-        if e.keys is True:
-            assert np.shape(e.call(keys, p0).particles)[0] == 2
-        else:
-            with pytest.raises(ValueError, match="must be a single key here"):
-                e.call(keys, p0)
+        with pytest.raises(ValueError, match="must be a single key here"):
+            e.call(jax.random.split(key, 2), p0)
     # results as DataTrees, through save and load unchanged
     if e.idata is True:
         tree = mfsde.to_inference_data(eager, fe)

@@ -33,7 +33,10 @@ def _families(fe, p0):
     }
 
 
-@pytest.mark.parametrize("family", ["langevin", "sgd", "mckean_vlasov", "schrodinger_bridge"])
+FAMILIES = ("langevin", "sgd", "mckean_vlasov", "schrodinger_bridge")
+
+
+@pytest.mark.parametrize("family", FAMILIES)
 def test_batch_of_keys_gives_replicates(small, family):
     fe, p0 = small
     run = _families(fe, p0)[family]

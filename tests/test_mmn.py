@@ -65,6 +65,13 @@ def test_one_pass_sgd_population_sampler(gm):
     assert risk[-1] < 0.7 * risk[0]
     with pytest.raises(ValueError, match="batch_size"):
         mfsde.sgd(fe, jax.random.key(2), th0, num_steps=10, step_size=0.02)
+    # the sampler as an argument of sgd: the same chain from a plain FreeEnergy on the same
+    # evaluation sample (a shorter run; the compiled step is shared)
+    plain = mfsde.FreeEnergy(fe.unit, fe.x, fe.y, float("inf"))
+    short = dict(num_steps=40, step_size=0.02, batch_size=4)
+    np.testing.assert_allclose(mfsde.sgd(plain, jax.random.key(2), th0, sampler=gm.make_sampler(d, 0.8),
+                                         **short).particles,
+                               mfsde.sgd(fe, jax.random.key(2), th0, **short).particles, rtol=1e-12)
     with pytest.raises(ValueError, match=r"sampler\(key, 8\)"):
         mfsde.FreeEnergy.from_sampler(fe.unit, lambda k, b: (jnp.zeros((b, d)), jnp.zeros(b + 1)), 1.0,
                                       jax.random.key(0), num_eval=8)

@@ -33,11 +33,12 @@ class SGDStep(eqx.Module):
     noise: bool = eqx.field(static=True)
     prior_drift: bool = eqx.field(static=True)
     schedule: Callable = eqx.field(static=True)
+    sampler: Callable | None = eqx.field(static=True, default=None)
 
     def batch(self, key):
         fe = self.fe
-        if fe.sampler is not None:
-            return fe.sampler(key, self.batch_size)
+        if self.sampler is not None:
+            return self.sampler(key, self.batch_size)
         if self.batch_size is None:
             return fe.x, fe.y
         idx = jax.random.randint(key, (self.batch_size,), 0, fe.num_data)
@@ -84,7 +85,8 @@ def sgd(fe: FreeEnergy, key: PRNGKeyArray, particles0: Float[Array, "n d"], *, n
         batch_size: int | None = None, noise: bool | None = None, prior_drift: bool | None = None,
         schedule: Callable | None = None, save_every: int | None = None,
         observables: dict[str, Callable] | None = None, progress: bool | None = None,
-        checkpoint_every: int | None = None, checkpoint_path: str | os.PathLike | None = None) -> Trajectory:
+        checkpoint_every: int | None = None, checkpoint_path: str | os.PathLike | None = None,
+        sampler: Callable | None = None) -> Trajectory:
     """Finite-N SGD on the mean-field network f_N = (1/N) Σ_i σ(·; θ_i), one update of all
     N units per step k (time t_k = k η, η = ``step_size``):
 
@@ -92,7 +94,7 @@ def sgd(fe: FreeEnergy, key: PRNGKeyArray, particles0: Float[Array, "n d"], *, n
         ∇̂Ψ(θ; ρ^N) = (1/B) Σ_b (f_N(x_b) − y_b) ∇σ(x_b; θ),
 
     over a minibatch of B pairs: drawn with replacement from the data set, or fresh from
-    the population sampler of a ``FreeEnergy.from_sampler`` (one-pass SGD); ``batch_size``
+    a population ``sampler`` (one-pass SGD); ``batch_size``
     None uses the whole data set (gradient descent). This is Euler–Maruyama for
     ``mfsde.langevin`` with a stochastic gradient; ``noise=False`` and ``prior_drift=False``
     drop the noise and the prior (weight-decay) term.
@@ -106,13 +108,16 @@ def sgd(fe: FreeEnergy, key: PRNGKeyArray, particles0: Float[Array, "n d"], *, n
         of their McKean–Vlasov dynamics is step k.
 
     Args:
-        fe: free energy; its data (or population sampler) feed the minibatches and its
+        fe: free energy; its data (or the population sampler) feed the minibatches and its
             ``risk`` is the saved risk.
         key: PRNG key (batches and noise), or a batch of R keys (shape (R,); raw
             ``PRNGKey`` keys (2,) / (R, 2) too) for R replicate runs, vmapped.
         particles0: (N, D) start, e.g. a prior sample; with R keys also (R, N, D).
         num_steps, step_size: K steps of size η.
         batch_size: B (default: the whole data set; required with a population sampler).
+        sampler: ``sampler(key, B) -> (x (B, ...), y (B,))``, fresh pairs for every
+            minibatch (one pass, no pair reused): SGD on the population risk. Default: the
+            one a ``FreeEnergy.from_sampler`` was built with, else none (the data set).
         noise: add sqrt(2η_k/β) g (default: when β is finite).
         prior_drift: add η_k β⁻¹∇log π₀ (default: same as ``noise``).
         schedule: ξ(t) (default 1).
@@ -153,7 +158,10 @@ def sgd(fe: FreeEnergy, key: PRNGKeyArray, particles0: Float[Array, "n d"], *, n
         raise ValueError(f"step_size must be a positive number, got {step_size!r}")
     if batch_size is not None and (int(batch_size) != batch_size or batch_size < 1):
         raise ValueError(f"batch_size must be a positive integer or None, got {batch_size!r}")
-    if batch_size is None and fe.sampler is not None:
+    sampler = fe.sampler if sampler is None else sampler
+    if sampler is not None and not callable(sampler):
+        raise TypeError(f"sampler must be a function (key, batch_size) -> (x, y), got {type(sampler).__name__}")
+    if batch_size is None and sampler is not None:
         raise ValueError("one-pass SGD from a population sampler needs a batch_size")
     noise = not math.isinf(fe.beta) if noise is None else bool(noise)
     prior_drift = noise if prior_drift is None else bool(prior_drift)
@@ -163,7 +171,7 @@ def sgd(fe: FreeEnergy, key: PRNGKeyArray, particles0: Float[Array, "n d"], *, n
     if every < 1:
         raise ValueError(f"save_every must be a positive integer, got {save_every!r}")
     step = SGDStep(fe, float(step_size), None if batch_size is None else int(batch_size), noise, prior_drift,
-                   _unit_schedule if schedule is None else schedule)
+                   _unit_schedule if schedule is None else schedule, sampler)
     # the Stein residual is zero-mean under p_N, the law noisy full-drift SGD approximates
     obs = SGDObservables(fe, float(step_size), noise and prior_drift, tuple(sorted((observables or {}).items())))
     ks = np.unique(np.r_[np.arange(0, num_steps, every), num_steps])
