@@ -26,6 +26,7 @@ from .diagnostics import (
     w2_to_prior_bound,
 )
 from .dynamics import (
+    DivergenceError,
     LeimkuhlerMatthews,
     ParticleSDE,
     Trajectory,
@@ -46,7 +47,7 @@ from .particles import Particles
 __all__ = ["sample_fixed_point", "check_fixed_point", "self_consistency", "SelfConsistency", "stein_test", "SteinTest", "sample_gibbs",
            "gibbs_log_normalizer", "FixedPoint", "FixedPointCheck", "GibbsNormalizer", "sample_particle_posterior",
            "ParticlePosterior", "particle_logdensity", "stein_residual", "FreeEnergy", "Particles", "UnitModel", "load_model", "langevin", "LeimkuhlerMatthews",
-           "overdispersed_starts", "max_curvature", "sgd", "mckean_vlasov", "schrodinger_bridge", "Trajectory",
+           "overdispersed_starts", "max_curvature", "sgd", "mckean_vlasov", "schrodinger_bridge", "Trajectory", "DivergenceError",
            "ParticleSDE", "to_inference_data", "summary", "convergence", "equilibration", "stationarity", "kl_to_prior", "entropy_knn", "w2", "w2_gaussian", "w2_to_prior",
            "w2_to_prior_bound", "save", "load", "plot_marginals", "plot_observables"]
 __version__ = "0.1.0"

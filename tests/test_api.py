@@ -110,7 +110,7 @@ def _table(fe, p0, pool, traj, idata):
 
 # Result types and components: checked as pytrees through jit, not called.
 TYPES = {"Trajectory", "FixedPoint", "FixedPointCheck", "GibbsNormalizer", "ParticlePosterior", "SelfConsistency",
-         "SteinTest", "FreeEnergy", "UnitModel", "ParticleSDE", "LeimkuhlerMatthews", "Particles"}
+         "SteinTest", "FreeEnergy", "UnitModel", "ParticleSDE", "LeimkuhlerMatthews", "Particles", "DivergenceError"}
 
 
 def test_every_public_name_is_walked(setup):

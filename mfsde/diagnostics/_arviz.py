@@ -21,7 +21,8 @@ def to_inference_data(result, fe):
           weight of every particle, (chain, draw);
         - ``observables``: the saved time series (risk, free energy, KL and the W2 bound
           to the prior, ...): name -> (chain, time);
-        - ``constant_data``: beta, sizes and the run's info (solver, dt0, t0, t1, ...);
+        - ``constant_data``: beta, sizes and the run's info (solver, dt0, t0, t1, ...),
+          and ``diverged_at`` (per chain) for a run that diverged under jit;
           ``observed_data``: x, y.
     - a particle cloud, (N, D) array or ``Particles`` (or R clouds, (R, N, D), e.g.
       ``overdispersed_starts``): ``posterior`` (one chain per cloud) and, if weighted,
@@ -126,6 +127,9 @@ def _trajectory_tree(traj, fe):
                     num_data=np.asarray(fe.num_data), dim=np.asarray(fe.dim), num_steps=np.asarray(traj.num_steps))
     for k, v in dict(traj.info).items():
         constant[k] = np.asarray("None" if v is None else v)
+    diverged = np.asarray(traj.diverged_at, np.float64)
+    if not np.all(np.isinf(diverged)):
+        constant["diverged_at"] = diverged
     tree = _tree(fe, _posterior(fe, particles), constant, _site_dims(fe))
     if log_weight is not None:
         tree["weights"] = _weights_group(log_weight)

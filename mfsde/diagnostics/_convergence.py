@@ -385,8 +385,17 @@ def summary(idata, fe=None) -> Summary:
             from ..particles import Particles
 
             flat = Particles(flat, jax.numpy.asarray(idata["weights"]["log_weight"].values[0]))
-        w2 = w2_to_prior(flat, fe)
-    if obs is not None and "time" in obs.dims:
+        # a diverged run's particles have no W2; its verdict says why
+        finite = bool(np.all(np.isfinite(np.asarray(flat.theta if hasattr(flat, "theta") else flat))))
+        w2 = w2_to_prior(flat, fe) if finite else float("nan")
+    const = idata["constant_data"].to_dataset() if "constant_data" in idata.children else {}
+    if "diverged_at" in const:
+        at = np.atleast_1d(np.asarray(const["diverged_at"].values, np.float64))
+        ok = False
+        chains = [str(c) for c in np.flatnonzero(np.isfinite(at))]
+        reason = (f"diverged: the particle state became non-finite at t = {np.nanmin(at):.6g} (chain "
+                  f"{', '.join(chains)}); the observables after it are not a run's. Take a smaller step.")
+    elif obs is not None and "time" in obs.dims:
         verdict = convergence(idata)
         ok, reason = verdict.converged, verdict.reason
     else:

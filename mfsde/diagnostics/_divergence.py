@@ -192,5 +192,6 @@ def w2_to_prior(particles: Float[Array, "n d"], fe, key: PRNGKeyArray | None = N
     when the prior is Gaussian.
     """
     n = fe._check_particles(particles).shape[0]
+    _as_cloud("particles", particles)
     key = jax.random.key(0) if key is None else single_key(key, replicates="one prior sample to compare with")
     return w2(particles, fe.prior_sample(key, n), method=method)

@@ -1,6 +1,6 @@
 """Mean-field particle dynamics on diffrax; one module per SDE family over a shared core."""
 
-from ._core import ParticleSDE, Trajectory, drive, solve
+from ._core import DivergenceError, ParticleSDE, Trajectory, drive, solve
 from ._langevin import LangevinDrift, LangevinNoise, ParticleObservables, langevin
 from ._sgd import SGDObservables, SGDStep, sgd
 from ._solver import LeimkuhlerMatthews
@@ -8,5 +8,5 @@ from ._stability import max_curvature
 from ._starts import overdispersed_starts
 from ._tzen_raginsky import BridgeDrift, GreedyDrift, gaussian_prior, mckean_vlasov, schrodinger_bridge, time_grid
 
-__all__ = ["ParticleSDE", "Trajectory", "solve", "drive", "SGDStep", "SGDObservables", "langevin", "LangevinDrift", "LangevinNoise", "ParticleObservables",
+__all__ = ["DivergenceError", "ParticleSDE", "Trajectory", "solve", "drive", "SGDStep", "SGDObservables", "langevin", "LangevinDrift", "LangevinNoise", "ParticleObservables",
            "LeimkuhlerMatthews", "overdispersed_starts", "max_curvature", "sgd", "mckean_vlasov", "schrodinger_bridge", "gaussian_prior", "time_grid", "GreedyDrift", "BridgeDrift"]

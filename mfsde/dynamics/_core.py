@@ -30,7 +30,23 @@ from . import _checkpoint
 from .._keys import as_keys
 from ._starts import start_dispersion
 
-__all__ = ["ParticleSDE", "Trajectory", "solve", "drive"]
+__all__ = ["ParticleSDE", "Trajectory", "DivergenceError", "solve", "drive"]
+
+
+class DivergenceError(FloatingPointError):
+    """A run's state became non-finite: ``time``, ``step`` where it first did, ``replicate``
+    (which run, for a batch of keys; None for one run) and the partial ``trajectory`` (saves
+    up to that time; its ``particles`` are the non-finite state)."""
+
+    def __init__(self, message: str, time: float, step: int, trajectory: "Trajectory", replicate: int | None = None):
+        super().__init__(message)
+        self.time, self.step, self.trajectory, self.replicate = time, step, trajectory, replicate
+
+
+class _NonFinite(eqx.Module):
+    # diffrax event: stop at the first step whose state is not finite
+    def __call__(self, t, y, args, **kwargs):
+        return ~jnp.all(jnp.isfinite(y))
 
 # Runs of at least this many steps show a progress bar unless progress=False.
 _PROGRESS_MIN_STEPS = 5000
@@ -44,6 +60,9 @@ class Trajectory(eqx.Module):
     ts: save times, shape (T,). particles: the final state, shape (N, D) (or (R, N, D) for
     R replicate runs). observables: name -> values at ``ts``, shape (T,) (or (R, T)).
     num_steps: solver steps taken. info: static description of the run (solver, dt0, ...).
+    diverged_at: the time the state first became non-finite (the run stopped there), inf
+    if it never did; shape () (or (R,)). Outside jit a diverged run raises
+    ``DivergenceError`` instead; under an outer jit or vmap this field is the report.
     """
 
     ts: Float[Array, " t"]
@@ -51,6 +70,7 @@ class Trajectory(eqx.Module):
     observables: dict[str, Float[Array, " t"]]
     num_steps: Array
     info: tuple[tuple[str, object], ...] = eqx.field(static=True, default=())
+    diverged_at: Array | float = float("inf")
 
     def _replace(self, **changes) -> "Trajectory":
         return dataclasses.replace(self, **changes)
@@ -254,6 +274,7 @@ def solve(
         adjoint=diffrax.ForwardMode() if adjoint is None else adjoint,
         max_steps=max_steps,
         progress_meter=meter,
+        event=diffrax.Event(_NonFinite()),
     )
     obs, y1 = sol.ys
     if grid is not None:
@@ -262,8 +283,9 @@ def solve(
         obs = jax.tree.map(lambda a: a[jnp.asarray(rows)], obs)
     info = (("solver", type(solver).__name__), ("dt0", float(dt0)), ("t0", float(t0)), ("t1", float(t1)),
             ("controller", type(stepsize_controller).__name__))
+    diverged_at = jnp.where(sol.event_mask, sol.ts[1][-1], jnp.inf)
     return Trajectory(ts=jnp.asarray(ts, y0.dtype), particles=y1[-1], observables=obs, num_steps=sol.stats["num_steps"],
-                      info=info)
+                      info=info, diverged_at=diverged_at)
 
 
 def _terms(drift, noise_scale, key, y0, solver, tree: tuple[float, float, float] | None):
@@ -368,17 +390,43 @@ def _solve_jumps(sde, key, y, args, *, t0, dt0, first, last, solver, observables
     if wanted and wanted[0] == first:
         saves.append(_observe(observables, t0 + first * dt0, y, args, batched))
     bounds = sorted(set(k for k in wanted if k > first) | {last})
-    k = first
+    k, done = first, []
+    diverged_at = jnp.full(y.shape[:1] if batched else (), jnp.inf)
+    traced = isinstance(y, jax.core.Tracer)
     for b in tqdm.tqdm(bounds, desc="steps", unit="save", disable=not progress):
+        y_start = y
         y, obs = _jump_block(sde, solver, observables, key, y, args, jnp.asarray(k), b - k, t0, dt0, batched)
+        bad = ~jnp.all(jnp.isfinite(y), axis=tuple(range(1 if batched else 0, y.ndim)))
+        if not traced and bool(jnp.any(bad)):
+            # the first bad step, found again from the block's start (its draws depend on the
+            # step index only); the blocks between saves keep the clean runs free of checks
+            step = _first_nonfinite_step(sde, solver, observables, key, y_start, args, k, b, t0, dt0, batched)
+            diverged_at = jnp.where(bad, t0 + (step + 1) * dt0, diverged_at)
+            y = y_start
+            break
+        diverged_at = jnp.where(bad & jnp.isinf(diverged_at), t0 + b * dt0, diverged_at)
         if b in wanted:
             saves.append(obs)
+            done.append(b)
         k = b
     obs = {name: jnp.stack([s[name] for s in saves], axis=-1) for name in saves[0]} if saves else {}
-    return Trajectory(ts=jnp.asarray(t0 + np.asarray(wanted) * dt0, y.dtype), particles=y, observables=obs,
-                      num_steps=jnp.asarray(last - first),
+    saved = ([first] if wanted and wanted[0] == first else []) + done
+    # on divergence: the saves before it, and the last finite state (the diverging block's start)
+    return Trajectory(ts=jnp.asarray(t0 + np.asarray(saved, np.float64) * dt0, y.dtype), particles=y, observables=obs,
+                      num_steps=jnp.asarray(k - first),
                       info=(("solver", "jumps" if sde.drift is None else type(solver).__name__), ("dt0", float(dt0)),
-                            ("t0", float(t0)), ("t1", float(t0 + last * dt0)), ("jump_every", sde.jump_every)))
+                            ("t0", float(t0)), ("t1", float(t0 + last * dt0)), ("jump_every", sde.jump_every)),
+                      diverged_at=diverged_at)
+
+
+def _first_nonfinite_step(sde, solver, observables, key, y, args, k0: int, k1: int, t0, dt0, batched) -> int:
+    """The step index in [k0, k1) after which the chain's state is first non-finite."""
+    every = sde.jump_every
+    for k in range(k0, k1, every):
+        y, _ = _jump_block(sde, solver, observables, key, y, args, jnp.asarray(k), every, t0, dt0, batched)
+        if not bool(jnp.all(jnp.isfinite(y))):
+            return k + every - 1
+    return k1 - 1
 
 
 def _replicates(sde_of, key, y0, args, ts, batched: bool, **kwargs) -> Trajectory:
@@ -402,7 +450,8 @@ def _replicates(sde_of, key, y0, args, ts, batched: bool, **kwargs) -> Trajector
 def drive(sde, key, y0: Float[Array, "n d"], *, t0: float, t1: float, dt0: float, solver=None,
           observables: Callable, ts=None, stepsize_controller=None, progress: bool | None = None,
           adjoint=None, max_steps: int | None = None, checkpoint_every: int | None = None,
-          checkpoint_path=None, fingerprint: dict | None = None, info: tuple = ()) -> Trajectory:
+          checkpoint_path=None, fingerprint: dict | None = None, info: tuple = (),
+          stability_hint: Callable[[], str] | None = None) -> Trajectory:
     """Run one dynamics family: the driver that owns keys, replicates, checkpoints, saving
     and the ``Trajectory``.
 
@@ -426,6 +475,14 @@ def drive(sde, key, y0: Float[Array, "n d"], *, t0: float, t1: float, dt0: float
             so its checkpointed run equals the unsegmented one.
         fingerprint: what identifies the run for checkpoints (data, β, family options).
         info: the family's static description, appended to the trajectory's.
+        stability_hint: ``() -> str``, what the family knows about its step's stability
+            (e.g. dt0 against the drift's largest curvature), for the divergence message.
+
+    Divergence: every run stops at the first step whose state is not finite (a diffrax
+    event; for jump chains a check after each save block, and the step found again). Then
+    ``DivergenceError`` says the time and step, with the partial trajectory attached; a
+    checkpointed run keeps its last good checkpoint. Under an outer jit or vmap, where it
+    cannot raise, the trajectory's ``diverged_at`` says when.
     """
     if key is None:
         batched = False
@@ -450,12 +507,34 @@ def drive(sde, key, y0: Float[Array, "n d"], *, t0: float, t1: float, dt0: float
         if stepsize_controller is not None and not isinstance(stepsize_controller, diffrax.ConstantStepSize):
             raise ValueError("checkpointing needs fixed step sizes")
         traj = _segmented(sde_of, key, y0, args, ts, batched, jumps, int(checkpoint_every), checkpoint_path,
-                          fingerprint or {}, **kwargs)
+                          fingerprint or {}, stability_hint=stability_hint, **kwargs)
     elif jumps:
         traj = _run_jumps(sde_of, key, y0, args, ts, batched, **kwargs)
     else:
         traj = _replicates(sde_of, key, y0, args, ts, batched, **kwargs)
-    return traj._replace(info=traj.info + tuple(info) + _start_info(y0, batched, jumps))
+    traj = traj._replace(info=traj.info + tuple(info) + _start_info(y0, batched, jumps))
+    _raise_if_diverged(traj, float(t0), float(dt0), stability_hint)
+    return traj
+
+
+def _raise_if_diverged(traj: Trajectory, t0: float, dt0: float, hint, kept: str = "") -> None:
+    """``DivergenceError`` if the (concrete) trajectory stopped at a non-finite state."""
+    at = traj.diverged_at
+    if isinstance(at, jax.core.Tracer):
+        return
+    at = np.atleast_1d(np.asarray(at, np.float64))
+    if np.all(np.isinf(at)):
+        return
+    r = int(np.argmin(at))
+    t = float(at[r])
+    step = int(round((t - t0) / dt0))
+    keep = np.asarray(traj.ts) < t
+    partial = traj._replace(ts=traj.ts[keep], observables={k: v[..., keep] for k, v in traj.observables.items()})
+    who = f" in replicate {r}" if at.size > 1 else ""
+    advice = hint() if hint is not None else f"take a smaller step than dt0 = {dt0:g}"
+    raise DivergenceError(f"the particle state became non-finite{who} at t = {t:.6g} (step {step} of dt0 = {dt0:g}); "
+                          f"the run stopped there and the error's .trajectory holds the saves before it{kept}. "
+                          f"{advice}", t, step, partial, r if at.size > 1 else None)
 
 
 def _run_jumps(sde_of, key, y0, args, ts, batched, *, t0, t1, dt0, solver, observables, progress,
@@ -474,7 +553,7 @@ def _run_jumps(sde_of, key, y0, args, ts, batched, *, t0, t1, dt0, solver, obser
 
 
 def _segmented(sde_of, key, y0, args, ts, batched, jumps, every, path, fingerprint, *, t0, t1, dt0, progress,
-               **kwargs) -> Trajectory:
+               stability_hint=None, **kwargs) -> Trajectory:
     """Segments of ``every`` steps, each followed by a checkpoint; resumes from the file."""
     if every < 1:
         raise ValueError(f"checkpoint_every must be a positive number of steps, got {every}")
@@ -521,6 +600,12 @@ def _segmented(sde_of, key, y0, args, ts, batched, jumps, every, path, fingerpri
             rows = {k: np.compress(keep, np.asarray(v), axis=axis) for k, v in traj.observables.items()}
         for name, values in rows.items():
             obs.setdefault(name, []).extend(np.moveaxis(values, axis, 0))
+        if not isinstance(traj.diverged_at, jax.core.Tracer) and not np.all(np.isinf(np.asarray(traj.diverged_at))):
+            done = {k: jnp.asarray(np.moveaxis(np.stack(v), 0, axis)) for k, v in obs.items() if v}
+            n_rows = len(next(iter(obs.values()))) if obs else 0
+            so_far = traj._replace(ts=jnp.asarray(t0 + ks[:n_rows] * dt0, y0.dtype), observables=done)
+            _raise_if_diverged(so_far, t0, dt0, stability_hint,
+                               f"; the checkpoint {path} keeps the state after segment {s} (step {a})")
         y = traj.particles
         file.save(y, s + 1, obs)
         bar.update(1)

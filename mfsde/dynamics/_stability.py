@@ -19,6 +19,15 @@ from ..free_energy import FreeEnergy
 __all__ = ["max_curvature"]
 
 
+def step_stability_hint(fe: FreeEnergy, particles: Float[Array, "n d"], step: float, name: str = "dt0") -> str:
+    """What a diverged run's error says: h·λ_max at ``particles`` (λ_max = ``max_curvature``)
+    against 2, where explicit steps of the drift stop being stable, and the step that is."""
+    lam = float(max_curvature(fe, particles))
+    return (f"Stability: {name}·λ_max = {step:g} × {lam:.4g} = {step * lam:.3g} at the start (λ_max the largest "
+            f"curvature of the drift, mfsde.max_curvature); explicit steps are unstable above 2, so take "
+            f"{name} < {2.0 / lam:.3g}, or rescale the inputs.")
+
+
 def max_curvature(fe: FreeEnergy, particles: Float[Array, "n d"], key: PRNGKeyArray | None = None,
                   num_iterations: int = 40) -> Float[Array, ""]:
     """λ_max = the largest |eigenvalue| of the Langevin drift's Jacobian at ``particles``.

@@ -1,0 +1,49 @@
+"""Divergence is caught where it happens (issue 12): the run stops, and says when and why.
+
+A linear unit on inputs of scale 10 has drift curvature λ_max ≈ 158, so explicit steps of
+0.5 (h·λ_max ≈ 79 > 2) blow up. At β = ∞ full-batch SGD without noise or prior drift is
+exactly Euler on Langevin's ODE: the jump engine (SGD) and the diffrax engine (Langevin)
+must report the same step, and the run must stop there (num_steps under jit).
+"""
+
+import jax
+import numpy as np
+import pytest
+
+import mfsde
+
+H, T1 = 0.5, 200.0
+
+
+@pytest.fixture(scope="module")
+def wide(linear):
+    x, y = linear.make_data(jax.random.key(0), num_data=50, dim=3)
+    fe = mfsde.FreeEnergy(linear.make_unit(1.0), 10 * x, y, beta=float("inf"))
+    return fe, fe.prior_sample(jax.random.key(1), 16)
+
+
+def test_langevin_and_sgd_stop_at_the_same_step(wide, tmp_path):
+    fe, p0 = wide
+    with pytest.raises(mfsde.DivergenceError, match=r"non-finite at t = .* \(step \d+ of dt0 = 0.5\).*dt0 < ") as lv:
+        mfsde.langevin(fe, jax.random.key(2), p0, t1=T1, dt0=H)
+    with pytest.raises(mfsde.DivergenceError, match="step_size < ") as sg:
+        mfsde.sgd(fe, jax.random.key(2), p0, num_steps=int(T1 / H), step_size=H, noise=False, prior_drift=False)
+    step = lv.value.step
+    assert 0 < step < T1 / H and sg.value.step == step and lv.value.time == pytest.approx(step * H)
+    for err in (lv.value, sg.value):
+        part = err.trajectory
+        assert part.ts.size and np.all(np.asarray(part.ts) < err.time)
+        assert part.observables["risk"].shape == part.ts.shape
+    # SGD's partial trajectory ends in its last finite state
+    assert np.all(np.isfinite(np.asarray(sg.value.trajectory.particles)))
+    # under jit it cannot raise: the trajectory says when, it stopped there, and summary says so
+    tr = jax.jit(lambda k: mfsde.langevin(fe, k, p0, t1=T1, dt0=H))(jax.random.key(2))
+    assert float(tr.diverged_at) == pytest.approx(step * H) and int(tr.num_steps) == step
+    s = mfsde.summary(mfsde.to_inference_data(tr, fe), fe)
+    assert not s.converged and "diverged" in s.reason and np.isnan(s.w2_to_prior)
+    # a checkpointed run keeps its last good checkpoint
+    path = tmp_path / "ck.npz"
+    with pytest.raises(mfsde.DivergenceError, match="keeps the state after segment"):
+        mfsde.langevin(fe, jax.random.key(2), p0, t1=T1, dt0=H, checkpoint_every=40, checkpoint_path=path)
+    with np.load(path) as f:
+        assert int(f["next_segment"]) == step // 40 and np.all(np.isfinite(f["particles"]))
