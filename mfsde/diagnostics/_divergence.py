@@ -81,11 +81,12 @@ def kl_to_prior(particles: Float[Array, "n d"] | Particles, fe, k: int = 1) -> F
     """
     theta, w = as_measure(particles)
     theta = fe._check_particles(theta)
+    if theta.shape[0] <= k:
+        raise ValueError(f"kl_to_prior needs particles with more than k = {k} points (it uses each point's k-th "
+                         f"nearest neighbour), got particles of shape {theta.shape}")
     if w is None:
         return -entropy_knn(theta, k) - jnp.mean(fe.prior_logdensity(theta))
     n, d = theta.shape
-    if n <= k:
-        raise ValueError(f"kl_to_prior needs more than k = {k} points, got {n}")
     log_vd = 0.5 * d * math.log(math.pi) - gammaln(0.5 * d + 1.0)
     log_rho = (jnp.log(n * w) + digamma(float(k)) - digamma(float(n)) - log_vd
                - d * _knn_log_distances(theta, k))
