@@ -29,15 +29,15 @@ def key_data(key) -> list:
 
 def data_fingerprint(fe) -> dict:
     """What identifies a free energy in a fingerprint: its data's digest, β, D and sites."""
+    return dict(data_sha256=array_digest(fe.x, fe.y), beta=repr(fe.beta), dim=fe.dim, sites=list(fe.unit.site_names))
+
+
+def array_digest(*arrays) -> str:
+    """sha256 of the arrays' bytes, in order (the data, a fixed point's output, a pool of draws)."""
     digest = hashlib.sha256()
-    for a in (fe.x, fe.y):
+    for a in arrays:
         digest.update(np.ascontiguousarray(np.asarray(a)).tobytes())
-    return dict(data_sha256=digest.hexdigest(), beta=repr(fe.beta), dim=fe.dim, sites=list(fe.unit.site_names))
-
-
-def array_digest(a) -> str:
-    """sha256 of an array's bytes (a fixed point's output, a pool of draws)."""
-    return hashlib.sha256(np.ascontiguousarray(np.asarray(a)).tobytes()).hexdigest()
+    return digest.hexdigest()
 
 
 class CheckpointState(NamedTuple):

@@ -212,12 +212,8 @@ def solve(
     if not (math.isfinite(dt0) and dt0 > 0):
         raise ValueError(f"dt0 must be a positive number, got {dt0}")
     if sde.jump is not None or sde.drift is None:
-        if stepsize_controller is not None and not isinstance(stepsize_controller, diffrax.ConstantStepSize):
-            raise ValueError("an SDE with jumps runs on fixed steps: pass no stepsize_controller")
-        n = _whole_steps(t0, t1, dt0, "a run with jumps")
-        return _solve_jumps(sde, key, y0, args, t0=t0, dt0=dt0, first=0, last=n, solver=solver,
-                            observables=observables, save_steps=_jump_save_steps(ts, t0, dt0, n, sde.jump_every),
-                            progress=n >= _PROGRESS_MIN_STEPS if progress is None else progress)
+        return _run_jumps(lambda k: (sde, k), key, y0, args, ts, False, t0=t0, t1=t1, dt0=dt0, solver=solver,
+                          observables=observables, progress=progress, stepsize_controller=stepsize_controller)
     if stepsize_controller is None:
         stepsize_controller = diffrax.ConstantStepSize()
     fixed = isinstance(stepsize_controller, diffrax.ConstantStepSize)
@@ -538,7 +534,8 @@ def _raise_if_diverged(traj: Trajectory, t0: float, dt0: float, hint, kept: str 
 
 
 def _run_jumps(sde_of, key, y0, args, ts, batched, *, t0, t1, dt0, solver, observables, progress,
-               stepsize_controller=None, first=0, last=None, save_steps=None, **unused):
+               stepsize_controller=None, first=0, last=None, save_steps=None, adjoint=None, max_steps=None):
+    """Steps first .. last − 1 (default the whole run) of a chain with jumps (``_solve_jumps``)."""
     sde = sde_of(key[0] if batched else key)[0]
     if stepsize_controller is not None and not isinstance(stepsize_controller, diffrax.ConstantStepSize):
         raise ValueError("an SDE with jumps runs on fixed steps: pass no stepsize_controller")
