@@ -34,8 +34,13 @@ def test_langevin_and_sgd_stop_at_the_same_step(wide, tmp_path):
         part = err.trajectory
         assert part.ts.size and np.all(np.asarray(part.ts) < err.time)
         assert part.observables["risk"].shape == part.ts.shape
-    # SGD's partial trajectory ends in its last finite state
-    assert np.all(np.isfinite(np.asarray(sg.value.trajectory.particles)))
+        # both partial trajectories end in the last finite state, one step before, and the
+        # same one: at β = ∞ without prior drift SGD is Euler on Langevin's ODE
+        assert np.all(np.isfinite(np.asarray(part.particles))) and err.columns == ("theta",)
+    np.testing.assert_allclose(lv.value.trajectory.particles, sg.value.trajectory.particles, rtol=1e-9)
+    # Langevin names the drift (it overflows far out) and the instability behind it; SGD its jump
+    assert lv.value.quantity == "drift" and "unstable steps blew the state up" in str(lv.value)
+    assert sg.value.quantity == "jump" and "at the last finite state" in str(sg.value)
     # under jit it cannot raise: the trajectory says when, it stopped there, and summary says so
     tr = jax.jit(lambda k: mfsde.langevin(fe, k, p0, t1=T1, dt0=H))(jax.random.key(2))
     assert float(tr.diverged_at) == pytest.approx(step * H) and int(tr.num_steps) == step
@@ -47,3 +52,33 @@ def test_langevin_and_sgd_stop_at_the_same_step(wide, tmp_path):
         mfsde.langevin(fe, jax.random.key(2), p0, t1=T1, dt0=H, checkpoint_every=40, checkpoint_path=path)
     with np.load(path) as f:
         assert int(f["next_segment"]) == step // 40 and np.all(np.isfinite(f["particles"]))
+
+
+def test_a_drift_undefined_at_ordinary_states_is_named(linear):
+    """A unit that is undefined where the particles start (|w|² > 100, far from its prior's
+    draws, which are checked when it is traced): the drift, not the step, is named."""
+    import numpyro
+    import numpyro.distributions as dist
+
+    def unit(x):
+        w = numpyro.sample("w", dist.Normal(0.0, 1.0).expand([3]).to_event(1))
+        return jax.numpy.sqrt(100.0 - w @ w) * (x @ w)
+
+    x, y = linear.make_data(jax.random.key(0), num_data=20, dim=3)
+    fe = mfsde.FreeEnergy(unit, x, y, beta=10.0)
+    with pytest.raises(mfsde.DivergenceError, match="at a state of ordinary size") as err:
+        mfsde.langevin(fe, jax.random.key(1), 10.0 * jax.numpy.ones((8, 3)), t1=1.0, dt0=0.1)
+    assert err.value.quantity == "drift" and err.value.step == 1 and err.value.time == pytest.approx(0.1)
+
+
+def test_a_non_finite_noise_scale_is_named():
+    """drive itself: a finite drift with a noise scale that is NaN from t = 0.5 on."""
+    from mfsde.dynamics import ParticleSDE, drive
+
+    sde = ParticleSDE(lambda t, y, a: -y, lambda t: jax.numpy.where(t < 0.5, 1.0, jax.numpy.nan))
+    with pytest.raises(mfsde.DivergenceError, match="noise scale") as err:
+        drive(sde, jax.random.key(0), jax.numpy.ones((4, 2)), t0=0.0, t1=1.0, dt0=0.1,
+              solver=__import__("diffrax").Euler(), observables=lambda t, y, a: {"m": y.mean()},
+              state_columns=(("theta", 1), ("weight", 1)))
+    assert err.value.quantity == "noise" and err.value.columns == ("theta", "weight")
+    assert err.value.time == pytest.approx(0.6) and np.all(np.isfinite(np.asarray(err.value.trajectory.particles)))

@@ -28,6 +28,7 @@ from jaxtyping import Array, Float, PRNGKeyArray
 
 from . import _checkpoint
 from .._keys import as_keys
+from .._memory import check_run_fits
 from ._starts import start_dispersion
 
 __all__ = ["ParticleSDE", "Trajectory", "DivergenceError", "solve", "drive"]
@@ -35,18 +36,27 @@ __all__ = ["ParticleSDE", "Trajectory", "DivergenceError", "solve", "drive"]
 
 class DivergenceError(FloatingPointError):
     """A run's state became non-finite: ``time``, ``step`` where it first did, ``replicate``
-    (which run, for a batch of keys; None for one run) and the partial ``trajectory`` (saves
-    up to that time; its ``particles`` are the non-finite state)."""
+    (which run, for a batch of keys; None for one run), ``quantity`` (what was non-finite
+    first: ``"drift"``, ``"noise"``, or ``"step"`` when both were finite at the last finite
+    state and the update itself overflowed, an unstable step; ``"jump"`` for a chain of
+    jumps alone such as SGD), ``columns`` (the state's column groups that went non-finite,
+    e.g. ``("theta",)``) and the partial ``trajectory``: the saves before ``time``, its
+    ``particles`` the last finite state (of the diverged replicate)."""
 
-    def __init__(self, message: str, time: float, step: int, trajectory: "Trajectory", replicate: int | None = None):
+    def __init__(self, message: str, time: float, step: int, trajectory: "Trajectory", replicate: int | None = None,
+                 quantity: str = "step", columns: tuple[str, ...] = ()):
         super().__init__(message)
         self.time, self.step, self.trajectory, self.replicate = time, step, trajectory, replicate
+        self.quantity, self.columns = quantity, columns
 
 
 class _NonFinite(eqx.Module):
-    # diffrax event: stop at the first step whose state is not finite
+    # diffrax event: stop at the first step whose state is not finite (or, replaying a
+    # diverged run to its last finite state, at the first step end >= stop_at)
+    stop_at: float = float("inf")
+
     def __call__(self, t, y, args, **kwargs):
-        return ~jnp.all(jnp.isfinite(y))
+        return ~jnp.all(jnp.isfinite(y)) | (t >= self.stop_at)
 
 # Runs of at least this many steps show a progress bar unless progress=False.
 _PROGRESS_MIN_STEPS = 5000
@@ -192,11 +202,14 @@ def solve(
     adjoint: diffrax.AbstractAdjoint | None = None,
     max_steps: int | None = None,
     args=None,
+    stop_at: float = float("inf"),
 ) -> Trajectory:
     """Solve a particle SDE with diffrax, saving ``observables(t, Θ, args) -> dict`` at ``ts``.
 
     ``args`` goes to the drift and the observables (``drive`` passes the run's start Θ_0).
-    An SDE with a ``jump`` runs as blocks of jump intervals (``_solve_jumps``).
+    The solve stops early at the first non-finite state (``Trajectory.diverged_at``), or
+    at the first step end >= ``stop_at`` (the same steps and draws as the full solve: how a
+    diverged run is replayed to its last finite state). An SDE with a ``jump`` runs as blocks of jump intervals (``_solve_jumps``).
 
     Fixed steps (no controller, ``ConstantStepSize``, or a ``StepTo`` grid) draw Brownian increments with
     ``UnsafeBrownianPath`` (one normal draw per step, no tree) and solve with
@@ -270,7 +283,7 @@ def solve(
         adjoint=diffrax.ForwardMode() if adjoint is None else adjoint,
         max_steps=max_steps,
         progress_meter=meter,
-        event=diffrax.Event(_NonFinite()),
+        event=diffrax.Event(_NonFinite(stop_at)),
     )
     obs, y1 = sol.ys
     if grid is not None:
@@ -279,7 +292,7 @@ def solve(
         obs = jax.tree.map(lambda a: a[jnp.asarray(rows)], obs)
     info = (("solver", type(solver).__name__), ("dt0", float(dt0)), ("t0", float(t0)), ("t1", float(t1)),
             ("controller", type(stepsize_controller).__name__))
-    diverged_at = jnp.where(sol.event_mask, sol.ts[1][-1], jnp.inf)
+    diverged_at = jnp.where(sol.event_mask & ~jnp.all(jnp.isfinite(y1[-1])), sol.ts[1][-1], jnp.inf)
     return Trajectory(ts=jnp.asarray(ts, y0.dtype), particles=y1[-1], observables=obs, num_steps=sol.stats["num_steps"],
                       info=info, diverged_at=diverged_at)
 
@@ -396,9 +409,9 @@ def _solve_jumps(sde, key, y, args, *, t0, dt0, first, last, solver, observables
         if not traced and bool(jnp.any(bad)):
             # the first bad step, found again from the block's start (its draws depend on the
             # step index only); the blocks between saves keep the clean runs free of checks
-            step = _first_nonfinite_step(sde, solver, observables, key, y_start, args, k, b, t0, dt0, batched)
+            step, y, bad = _first_nonfinite_step(sde, solver, observables, key, y_start, args, k, b, t0, dt0, batched)
             diverged_at = jnp.where(bad, t0 + (step + 1) * dt0, diverged_at)
-            y = y_start
+            k = step + 1 - sde.jump_every
             break
         diverged_at = jnp.where(bad & jnp.isinf(diverged_at), t0 + b * dt0, diverged_at)
         if b in wanted:
@@ -407,7 +420,7 @@ def _solve_jumps(sde, key, y, args, *, t0, dt0, first, last, solver, observables
         k = b
     obs = {name: jnp.stack([s[name] for s in saves], axis=-1) for name in saves[0]} if saves else {}
     saved = ([first] if wanted and wanted[0] == first else []) + done
-    # on divergence: the saves before it, and the last finite state (the diverging block's start)
+    # on divergence: the saves before it, and the last finite state (before the bad interval)
     return Trajectory(ts=jnp.asarray(t0 + np.asarray(saved, np.float64) * dt0, y.dtype), particles=y, observables=obs,
                       num_steps=jnp.asarray(k - first),
                       info=(("solver", "jumps" if sde.drift is None else type(solver).__name__), ("dt0", float(dt0)),
@@ -415,14 +428,18 @@ def _solve_jumps(sde, key, y, args, *, t0, dt0, first, last, solver, observables
                       diverged_at=diverged_at)
 
 
-def _first_nonfinite_step(sde, solver, observables, key, y, args, k0: int, k1: int, t0, dt0, batched) -> int:
-    """The step index in [k0, k1) after which the chain's state is first non-finite."""
+def _first_nonfinite_step(sde, solver, observables, key, y, args, k0: int, k1: int, t0, dt0, batched):
+    """(the step index in [k0, k1) after which the chain's state is first non-finite, the
+    state before that step's jump interval, which replicates were non-finite after it)."""
     every = sde.jump_every
+    axes = tuple(range(1 if batched else 0, y.ndim))
     for k in range(k0, k1, every):
-        y, _ = _jump_block(sde, solver, observables, key, y, args, jnp.asarray(k), every, t0, dt0, batched)
-        if not bool(jnp.all(jnp.isfinite(y))):
-            return k + every - 1
-    return k1 - 1
+        y_next, _ = _jump_block(sde, solver, observables, key, y, args, jnp.asarray(k), every, t0, dt0, batched)
+        bad = ~jnp.all(jnp.isfinite(y_next), axis=axes)
+        if bool(jnp.any(bad)):
+            return k + every - 1, y, bad
+        y = y_next
+    return k1 - 1, y, bad
 
 
 def _replicates(sde_of, key, y0, args, ts, batched: bool, **kwargs) -> Trajectory:
@@ -447,7 +464,9 @@ def drive(sde, key, y0: Float[Array, "n d"], *, t0: float, t1: float, dt0: float
           observables: Callable, ts=None, stepsize_controller=None, progress: bool | None = None,
           adjoint=None, max_steps: int | None = None, checkpoint_every: int | None = None,
           checkpoint_path=None, fingerprint: dict | None = None, info: tuple = (),
-          stability_hint: Callable[[], str] | None = None) -> Trajectory:
+          stability_hint: Callable[[Array | None], str] | None = None,
+          state_columns: tuple[tuple[str, int], ...] | None = None,
+          memory: tuple[str, Callable[[int, int], int]] | None = None) -> Trajectory:
     """Run one dynamics family: the driver that owns keys, replicates, checkpoints, saving
     and the ``Trajectory``.
 
@@ -471,12 +490,20 @@ def drive(sde, key, y0: Float[Array, "n d"], *, t0: float, t1: float, dt0: float
             so its checkpointed run equals the unsegmented one.
         fingerprint: what identifies the run for checkpoints (data, β, family options).
         info: the family's static description, appended to the trajectory's.
-        stability_hint: ``() -> str``, what the family knows about its step's stability
-            (e.g. dt0 against the drift's largest curvature), for the divergence message.
+        stability_hint: ``(Θ_last) -> str``, what the family knows about its step's
+            stability at the last finite state (``None`` when it is not known: adaptive
+            steps), e.g. dt0 against the drift's largest curvature, for the divergence message.
+        state_columns: ((name, width), ...) naming the state's column groups (e.g. theta
+            and a control cost), for the divergence message; default one group, "theta".
+        memory: (the family's name, ``bytes(N, R)``): the run's memory from its shapes
+            (``mfsde._memory.particle_run_bytes``), checked against the device's before any
+            work (``check_run_fits``: ``MemoryError`` naming the largest N and R that fit).
 
     Divergence: every run stops at the first step whose state is not finite (a diffrax
     event; for jump chains a check after each save block, and the step found again). Then
-    ``DivergenceError`` says the time and step, with the partial trajectory attached; a
+    ``DivergenceError`` says the time and step, what went non-finite first (drift, noise,
+    or an unstable step, and which columns) and the stability hint at the last finite
+    state, with the partial trajectory attached; a
     checkpointed run keeps its last good checkpoint. Under an outer jit or vmap, where it
     cannot raise, the trajectory's ``diverged_at`` says when.
     """
@@ -488,6 +515,8 @@ def drive(sde, key, y0: Float[Array, "n d"], *, t0: float, t1: float, dt0: float
     y0 = jnp.asarray(y0)
     if batched and y0.ndim == 3 and y0.shape[0] != key.shape[0]:
         raise ValueError(f"the start has {y0.shape[0]} replicates for {key.shape[0]} keys")
+    if memory is not None:
+        check_run_fits(memory[0], memory[1], y0.shape[-2], key.shape[0] if batched else 1)
     kwargs = dict(t0=float(t0), t1=float(t1), dt0=float(dt0), solver=solver, observables=observables,
                   stepsize_controller=stepsize_controller, progress=progress, adjoint=adjoint, max_steps=max_steps)
     probe = sde_of(key[0] if batched else key)[0]
@@ -503,18 +532,36 @@ def drive(sde, key, y0: Float[Array, "n d"], *, t0: float, t1: float, dt0: float
         if stepsize_controller is not None and not isinstance(stepsize_controller, diffrax.ConstantStepSize):
             raise ValueError("checkpointing needs fixed step sizes")
         traj = _segmented(sde_of, key, y0, args, ts, batched, jumps, int(checkpoint_every), checkpoint_path,
-                          fingerprint or {}, stability_hint=stability_hint, **kwargs)
+                          fingerprint or {}, stability_hint=stability_hint, state_columns=state_columns, **kwargs)
     elif jumps:
         traj = _run_jumps(sde_of, key, y0, args, ts, batched, **kwargs)
     else:
         traj = _replicates(sde_of, key, y0, args, ts, batched, **kwargs)
     traj = traj._replace(info=traj.info + tuple(info) + _start_info(y0, batched, jumps))
-    _raise_if_diverged(traj, float(t0), float(dt0), stability_hint)
+    if checkpoint_every is None:
+        replay = dict(sde_of=sde_of, key=key, y=y0, args=args, batched=batched, jumps=jumps, kwargs=kwargs,
+                      run_t0=float(t0))
+        _raise_if_diverged(traj, replay, float(t0), float(dt0), stability_hint, state_columns)
     return traj
 
 
-def _raise_if_diverged(traj: Trajectory, t0: float, dt0: float, hint, kept: str = "") -> None:
-    """``DivergenceError`` if the (concrete) trajectory stopped at a non-finite state."""
+class _SaveTime(eqx.Module):
+    # the cheapest observable: a replay to the last finite state needs none
+    def __call__(self, t, y, args):
+        return {"t": t}
+
+
+def _raise_if_diverged(traj: Trajectory, replay: dict | None, t0: float, dt0: float, hint, columns=None,
+                       kept: str = "") -> None:
+    """``DivergenceError`` if the (concrete) trajectory stopped at a non-finite state.
+
+    ``replay`` (``sde_of``, ``key``, ``y`` and ``args`` at the start of the span that diverged,
+    ``batched``, ``jumps`` and that span's solve options) finds the last finite state of the
+    diverged replicate: a jump chain's engine stopped there; a diffrax run is solved again
+    with the same steps and draws up to one step before the divergence (``stop_at``). There
+    the drift and noise are evaluated to say which went non-finite first; ``hint(Θ_last)``
+    says how the step compares with the drift's curvature.
+    """
     at = traj.diverged_at
     if isinstance(at, jax.core.Tracer):
         return
@@ -525,12 +572,101 @@ def _raise_if_diverged(traj: Trajectory, t0: float, dt0: float, hint, kept: str 
     t = float(at[r])
     step = int(round((t - t0) / dt0))
     keep = np.asarray(traj.ts) < t
-    partial = traj._replace(ts=traj.ts[keep], observables={k: v[..., keep] for k, v in traj.observables.items()})
+    y_bad = traj.particles[r] if at.size > 1 and traj.particles.ndim == 3 else traj.particles
+    sde, args, t_last, y_last, y_bad = _last_finite_state(replay, r, t, y_bad) if replay else (None, None, t, None, y_bad)
+    quantity, cols, what = _what_went_nonfinite(sde, args, t_last, y_last, y_bad, columns)
+    last = traj.particles if y_last is None else y_last
+    partial = traj._replace(ts=traj.ts[keep], observables={k: v[..., keep] for k, v in traj.observables.items()},
+                            particles=last)
     who = f" in replicate {r}" if at.size > 1 else ""
-    advice = hint() if hint is not None else f"take a smaller step than dt0 = {dt0:g}"
+    if quantity == "drift" and y_last is not None and float(jnp.max(jnp.abs(y_last))) <= _overflow_scale(y_last.dtype):
+        advice = "Check the unit and the prior where the particles were (the error's .trajectory.particles)."
+    elif hint is not None:
+        advice = hint(y_last)
+    else:
+        advice = f"Take a smaller step than dt0 = {dt0:g}."
     raise DivergenceError(f"the particle state became non-finite{who} at t = {t:.6g} (step {step} of dt0 = {dt0:g}); "
-                          f"the run stopped there and the error's .trajectory holds the saves before it{kept}. "
-                          f"{advice}", t, step, partial, r if at.size > 1 else None)
+                          f"the run stopped there and the error's .trajectory holds the saves before it and the last "
+                          f"finite state{kept}. {what} {advice}", t, step, partial, r if at.size > 1 else None,
+                          quantity, cols)
+
+
+def _last_finite_state(replay: dict, r: int, t_bad: float, y_bad):
+    """(sde, args, t_last, Θ_last, Θ_bad) of replicate r, which went non-finite at t_bad."""
+    batched = replay["batched"]
+    key = replay["key"][r] if batched else replay["key"]
+    y, args = replay["y"], replay["args"]
+    y = y[r] if batched and y.ndim == 3 else y
+    args = args[r] if batched and args is not None and args.ndim == 3 else args
+    kw = replay["kwargs"]
+    sde, noise_key = replay["sde_of"](key)[:2]
+    t0, t1, dt0 = kw["t0"], kw["t1"], kw["dt0"]
+    if replay["jumps"]:
+        # the engine stopped at the last finite state; one jump interval from it is the bad one
+        every = sde.jump_every
+        k = int(round((t_bad - replay["run_t0"]) / dt0)) - every
+        y_last = y_bad
+        y_bad, _ = _jump_block(sde, kw["solver"], _SaveTime(), key, y_last, args, jnp.asarray(k), every,
+                               replay["run_t0"], dt0, False)
+        return sde, args, replay["run_t0"] + k * dt0, y_last, y_bad
+    controller = kw.get("stepsize_controller")
+    if controller is not None and not isinstance(controller, diffrax.ConstantStepSize):
+        return sde, args, t_bad, None, y_bad  # adaptive steps: the step before is not known
+    h, _ = _step_size(t0, t1, dt0)
+    t_last = t_bad - h
+    if t_last < t0 + 0.5 * h:
+        return sde, args, t0, y, y_bad
+    again = solve(sde, noise_key, y, t0=t0, t1=t1, dt0=dt0, solver=kw["solver"], observables=_SaveTime(), ts=[t0],
+                  args=args, progress=False, max_steps=kw.get("max_steps"), stop_at=t_last - 0.5 * h)
+    return sde, args, t_last, again.particles, y_bad
+
+
+def _overflow_scale(dtype) -> float:
+    # beyond √max a drift quadratic in Θ overflows: the state grew there, it did not start there
+    return float(np.sqrt(np.finfo(dtype).max))
+
+
+def _what_went_nonfinite(sde, args, t_last, y_last, y_bad, columns) -> tuple[str, tuple[str, ...], str]:
+    """(quantity, the column groups that went non-finite, a sentence saying so).
+
+    At the last finite state Θ_last: a non-finite drift b(t, Θ_last) is the model's
+    (its unit, gradient or prior overflows or is undefined there, whatever the step); a
+    non-finite noise scale is the schedule's; both finite means one step of the scheme took
+    a finite state to a non-finite one, an unstable step. ``columns``: ((name, width), ...)
+    naming the state's column groups (default one group, "theta").
+    """
+    y_bad = np.asarray(y_bad)
+    n = y_bad.shape[0]
+    columns = columns or (("theta", y_bad.shape[-1]),)
+    bad_rows = int(np.sum(~np.all(np.isfinite(y_bad), axis=-1)))
+    names, start = [], 0
+    for name, width in columns:
+        if not np.all(np.isfinite(y_bad[..., start:start + width])):
+            names.append(name)
+        start += width
+    where = f"Non-finite first: {', '.join(names)} of {bad_rows} of {n} particles."
+    if y_last is None or sde is None:
+        return "step", tuple(names), where
+    y_last = jnp.asarray(y_last)
+    size = float(jnp.max(jnp.abs(y_last)))
+    if sde.drift is None:
+        return "jump", tuple(names), (f"{where} A finite state at t = {t_last:.6g} (max |Θ| = {size:.3g}) went "
+                                      "non-finite in one jump (the chain's update): an unstable step.")
+    drift = np.asarray(sde.drift(t_last, y_last, args))
+    bad_drift = int(np.sum(~np.all(np.isfinite(drift), axis=-1)))
+    if bad_drift:
+        said = (f"{where} The drift went non-finite first: at the last finite state (t = {t_last:.6g}, max |Θ| = "
+                f"{size:.3g}) it is non-finite for {bad_drift} of {n} particles")
+        if size > _overflow_scale(y_last.dtype):
+            return "drift", tuple(names), (f"{said}, where the state had grown too large to evaluate it: "
+                                           "unstable steps blew the state up until the drift overflowed.")
+        return "drift", tuple(names), (f"{said}, at a state of ordinary size: the unit, its gradient or the "
+                                       "prior's log-density overflows or is undefined there, whatever the step.")
+    if sde.noise_scale is not None and not np.all(np.isfinite(np.asarray(sde.noise_scale(t_last)))):
+        return "noise", tuple(names), f"{where} The noise scale g(t) is non-finite at t = {t_last:.6g}."
+    return "step", tuple(names), (f"{where} The drift and noise are finite at the last finite state (t = "
+                                  f"{t_last:.6g}, max |Θ| = {size:.3g}, max |drift| = {np.max(np.abs(drift)):.3g}), so "
+                                  "one step of the scheme took them to non-finite values: an unstable step.")
 
 
 def _run_jumps(sde_of, key, y0, args, ts, batched, *, t0, t1, dt0, solver, observables, progress,
@@ -550,7 +686,7 @@ def _run_jumps(sde_of, key, y0, args, ts, batched, *, t0, t1, dt0, solver, obser
 
 
 def _segmented(sde_of, key, y0, args, ts, batched, jumps, every, path, fingerprint, *, t0, t1, dt0, progress,
-               stability_hint=None, **kwargs) -> Trajectory:
+               stability_hint=None, state_columns=None, **kwargs) -> Trajectory:
     """Segments of ``every`` steps, each followed by a checkpoint; resumes from the file."""
     if every < 1:
         raise ValueError(f"checkpoint_every must be a positive number of steps, got {every}")
@@ -601,7 +737,10 @@ def _segmented(sde_of, key, y0, args, ts, batched, jumps, every, path, fingerpri
             done = {k: jnp.asarray(np.moveaxis(np.stack(v), 0, axis)) for k, v in obs.items() if v}
             n_rows = len(next(iter(obs.values()))) if obs else 0
             so_far = traj._replace(ts=jnp.asarray(t0 + ks[:n_rows] * dt0, y0.dtype), observables=done)
-            _raise_if_diverged(so_far, t0, dt0, stability_hint,
+            span = dict(t0=t0, t1=t1) if jumps else dict(t0=t0 + a * dt0, t1=t0 + b * dt0)
+            replay = dict(sde_of=sde_of if jumps else seg_sde, key=key, y=y, args=args, batched=batched,
+                          jumps=jumps, kwargs=dict(kwargs, dt0=dt0, **span), run_t0=t0)
+            _raise_if_diverged(so_far, replay, t0, dt0, stability_hint, state_columns,
                                f"; the checkpoint {path} keeps the state after segment {s} (step {a})")
         y = traj.particles
         file.save(y, s + 1, obs)

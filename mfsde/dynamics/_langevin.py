@@ -22,6 +22,7 @@ from ._core import ParticleSDE, Trajectory, drive
 from .._keys import as_keys
 from ._solver import LeimkuhlerMatthews
 from ._stability import step_stability_hint
+from .._memory import particle_run_bytes
 
 # In-run diagnostics (k-NN KL, O(N² D) per save) are on by default up to this many particles.
 _DIAGNOSTICS_MAX_N = 16384
@@ -209,6 +210,9 @@ def langevin(
     return drive(sde, key, particles0, t0=float(t0), t1=float(t1), dt0=float(dt0), solver=solver, observables=obs,
                  ts=ts, stepsize_controller=stepsize_controller, progress=progress, adjoint=adjoint,
                  max_steps=max_steps, checkpoint_every=checkpoint_every, checkpoint_path=checkpoint_path,
-                 stability_hint=lambda: step_stability_hint(fe, particles0.reshape(-1, n, fe.dim)[0], float(dt0)),
+                 stability_hint=lambda last: step_stability_hint(
+                     fe, (("at the last finite state", last), ("at the start", particles0.reshape(-1, n, fe.dim)[0])),
+                     float(dt0)),
+                 memory=("langevin", particle_run_bytes(fe, fe.dim)),
                  fingerprint=dict(data_fingerprint(fe), family="langevin",
                                   schedule=getattr(schedule, "__qualname__", repr(schedule))))

@@ -20,6 +20,7 @@ from ._core import ParticleSDE, Trajectory, drive
 from .._keys import as_keys
 from ._langevin import _STEIN_SEED, _unit_schedule
 from ._stability import step_stability_hint
+from .._memory import particle_run_bytes
 
 __all__ = ["sgd", "SGDStep", "SGDObservables"]
 
@@ -182,8 +183,11 @@ def sgd(fe: FreeEnergy, key: PRNGKeyArray, particles0: Float[Array, "n d"], *, n
                  dt0=float(step_size), observables=obs, ts=ks * float(step_size),
                  progress=num_steps >= 5000 if progress is None else progress, checkpoint_every=checkpoint_every,
                  checkpoint_path=checkpoint_path, info=info,
-                 stability_hint=lambda: step_stability_hint(fe, particles0.reshape(-1, *particles0.shape[-2:])[0],
-                                                            float(step_size), "step_size"),
+                 stability_hint=lambda last: step_stability_hint(
+                     fe, (("at the last finite state", last), ("at the start", particles0.reshape(-1, *particles0.shape[-2:])[0])),
+                     float(step_size), "step_size"),
+                 memory=("sgd", particle_run_bytes(fe, fe.dim, None if batch_size is None else
+                                                   lambda n: 2 * n * int(batch_size) * fe.x.dtype.itemsize)),
                  fingerprint=dict(data_fingerprint(fe), family="sgd", step_size=float(step_size),
                                   batch_size=batch_size, noise=noise, prior_drift=prior_drift,
                                   schedule=getattr(step.schedule, "__qualname__", repr(step.schedule))))

@@ -9,6 +9,8 @@ Jacobian-vector products of the drift (each one costs about two drift evaluation
 
 from __future__ import annotations
 
+import math
+
 import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float, PRNGKeyArray
@@ -19,13 +21,23 @@ from ..free_energy import FreeEnergy
 __all__ = ["max_curvature"]
 
 
-def step_stability_hint(fe: FreeEnergy, particles: Float[Array, "n d"], step: float, name: str = "dt0") -> str:
-    """What a diverged run's error says: h·λ_max at ``particles`` (λ_max = ``max_curvature``)
-    against 2, where explicit steps of the drift stop being stable, and the step that is."""
-    lam = float(max_curvature(fe, particles))
-    return (f"Stability: {name}·λ_max = {step:g} × {lam:.4g} = {step * lam:.3g} at the start (λ_max the largest "
-            f"curvature of the drift, mfsde.max_curvature); explicit steps are unstable above 2, so take "
-            f"{name} < {2.0 / lam:.3g}, or rescale the inputs.")
+def step_stability_hint(fe: FreeEnergy, states, step: float, name: str = "dt0") -> str:
+    """What a diverged run's error says: h·λ_max (λ_max = ``max_curvature``) against 2, where
+    explicit steps of the drift stop being stable, and the step that is.
+
+    ``states``: ((where, Θ), ...) tried in order, e.g. the last finite state and then the
+    start; the first with a finite λ_max is reported (far out, the curvature itself may
+    overflow). Θ may be None (not known) and is then skipped.
+    """
+    for where, particles in states:
+        if particles is None:
+            continue
+        lam = float(max_curvature(fe, jnp.asarray(particles)[..., : fe.dim]))
+        if math.isfinite(lam) and lam > 0:
+            return (f"Stability: {name}·λ_max = {step:g} × {lam:.4g} = {step * lam:.3g} {where} (λ_max the largest "
+                    f"curvature of the drift, mfsde.max_curvature); explicit steps are unstable above 2, so take "
+                    f"{name} < {2.0 / lam:.3g}, or rescale the inputs.")
+    return f"The drift's curvature could not be estimated; take a smaller {name} than {step:g}."
 
 
 def max_curvature(fe: FreeEnergy, particles: Float[Array, "n d"], key: PRNGKeyArray | None = None,

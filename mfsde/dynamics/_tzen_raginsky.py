@@ -40,6 +40,7 @@ import numpy as np
 from jaxtyping import Array, Float, PRNGKeyArray
 
 from ..free_energy import FreeEnergy
+from .._memory import particle_run_bytes
 from ._checkpoint import array_digest, data_fingerprint
 from ._core import ParticleSDE, Trajectory, drive, num_fixed_steps
 from .._keys import as_keys
@@ -210,8 +211,14 @@ def time_grid(dt0: float, kind: str = "uniform") -> np.ndarray:
     return s if kind == "uniform" else 1.0 - (1.0 - s) ** 2
 
 
+def _inner_block_bytes(fe, points: int) -> int:
+    # one block of inner draws: their (points, D) coordinates and weights, and the (points,
+    # chunk) unit outputs of one data chunk with their cotangents
+    return (points * (fe.dim + 2) + 2 * points * fe.chunk_for(points)) * fe.x.dtype.itemsize
+
+
 def _solve_on_unit_interval(fe, sde_of, observables, key, num_particles, dt0, ts, solver, progress, mean, var, grid,
-                            checkpoint_every, checkpoint_path, fingerprint, info):
+                            checkpoint_every, checkpoint_path, fingerprint, info, inner_bytes=None):
     """``drive`` on t ∈ [0, 1] from W_0 = m with the cost column c_0 = 0, state (N, D + 1);
     ``sde_of(key) -> (drift, noise key)`` (the bridge's drift depends on the replicate's
     key) and ``observables(drift)``."""
@@ -234,7 +241,9 @@ def _solve_on_unit_interval(fe, sde_of, observables, key, num_particles, dt0, ts
     traj = drive(sde, key, y0, t0=0.0, t1=1.0, dt0=float(dt0), solver=diffrax.Euler() if solver is None else solver,
                  observables=None, ts=ts, stepsize_controller=controller, progress=progress,
                  checkpoint_every=checkpoint_every, checkpoint_path=checkpoint_path,
-                 fingerprint=dict(data_fingerprint(fe), time_grid=grid, **fingerprint), info=info)
+                 fingerprint=dict(data_fingerprint(fe), time_grid=grid, **fingerprint), info=info,
+                 state_columns=(("theta", fe.dim), ("control cost", 1)),
+                 memory=(info[0][1], particle_run_bytes(fe, fe.dim + 1, inner_bytes)))
     return traj._replace(particles=traj.particles[..., : fe.dim])
 
 
@@ -388,4 +397,5 @@ def schrodinger_bridge(fe: FreeEnergy, fixed_point_or_output, key: PRNGKeyArray,
     return _solve_on_unit_interval(fe, sde_of, obs, key, num_particles, dt0, ts, solver, progress, mean, var, time_grid,
                                    checkpoint_every, checkpoint_path, fingerprint,
                                    (("sde", "schrodinger_bridge"), ("estimator", estimator),
-                                    ("num_inner", int(num_inner)), ("log_normalizer", log_z_value)))
+                                    ("num_inner", int(num_inner)), ("log_normalizer", log_z_value)),
+                                   inner_bytes=lambda n: _inner_block_bytes(fe, min(n, int(particle_chunk)) * num_inner))
