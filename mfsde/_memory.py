@@ -89,20 +89,22 @@ def _gib(b: float) -> str:
     return f"{b / 2**30:.3g} GiB" if b >= 2**30 else f"{b / 2**20:.3g} MiB"
 
 
-def check_run_fits(what: str, run_bytes: Callable[[int, int], int], n: int, r: int = 1) -> None:
+def check_run_fits(what: str, run_bytes: Callable[[int, int], int], n: int, r: int = 1, replicates: str = "replicates",
+                   also: str = "") -> None:
     """``MemoryError`` if a run of ``r`` replicates of ``n`` particles needs more than
-    ``available_bytes()``, naming the largest N (at r replicates) and R (at n) that fit."""
+    ``available_bytes()``, naming the largest N (at r replicates) and R (at n) that fit;
+    ``replicates`` names R (e.g. "chains"), ``also`` adds the family's own remedies."""
     limit = available_bytes()
     need = run_bytes(n, r)
     if limit is None or need <= limit:
         return
     n_fit = _largest(lambda m: run_bytes(m, r) <= limit, n)
     r_fit = _largest(lambda m: run_bytes(n, m) <= limit, r)
-    options = [f"num particles <= {n_fit}" + (f" with {r} replicates" if r > 1 else "")] if n_fit >= 2 else []
+    options = [f"num particles <= {n_fit}" + (f" with {r} {replicates}" if r > 1 else "")] if n_fit >= 2 else []
     if r > 1 and r_fit >= 1:
-        options.append(f"at most {r_fit} replicates of {n} particles")
+        options.append(f"at most {r_fit} {replicates} of {n} particles")
     fix = (f"the largest that fits: {' or '.join(options)}" if options else "not even 2 particles fit")
     source = f"{LIMIT_ENV}" if os.environ.get(LIMIT_ENV) else "the device's free memory"
-    raise MemoryError(f"{what} with {n} particles{f' x {r} replicates' if r > 1 else ''} needs at least "
-                      f"{_gib(need)}, more than the {_gib(limit)} available ({source}); {fix}. A smaller "
+    raise MemoryError(f"{what} with {n} particles{f' x {r} {replicates}' if r > 1 else ''} needs at least "
+                      f"{_gib(need)}, more than the {_gib(limit)} available ({source}); {fix}. {also}A smaller "
                       "chunk_size of the FreeEnergy lowers the (particles x data chunk) part.")

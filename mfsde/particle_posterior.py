@@ -31,6 +31,7 @@ from jaxtyping import Array, Float, PRNGKeyArray
 
 from ._mcmc import check_kernel, run_chain
 from ._keys import single_key
+from ._memory import check_run_fits, particle_run_bytes
 from .free_energy import FreeEnergy
 
 __all__ = ["ParticlePosterior", "particle_logdensity", "sample_particle_posterior", "stein_residual"]
@@ -131,6 +132,10 @@ def sample_particle_posterior(fe: FreeEnergy, key: PRNGKeyArray, num_particles: 
     # under an outer jit the values are not known here
     if not isinstance(init, jax.core.Tracer) and not bool(jnp.all(jnp.isfinite(init))):
         raise ValueError("init contains non-finite values")
+    kept = int(num_samples) * d * fe.x.dtype.itemsize
+    check_run_fits("sample_particle_posterior", particle_run_bytes(fe, d, lambda m: kept * m), n, int(init.shape[0]),
+                   "chains", f"The draws kept are num_samples x N x D numbers per chain: fewer num_samples (a larger "
+                   "thinning) lowers them. ")
     draws = _posterior_runner(fe, n, kernel, int(num_warmup), int(num_samples), int(num_integration_steps),
                               int(thinning))(key, init)
     c = init.shape[0]

@@ -62,3 +62,8 @@ def test_the_limit_is_read_from_the_device(monkeypatch):
     monkeypatch.setenv(_memory.LIMIT_ENV, "lots")
     with pytest.raises(ValueError, match="MFSDE_MEMORY_LIMIT must be a number of bytes"):
         _memory.available_bytes()
+
+
+def test_the_posterior_counts_its_draws(fe, low_limit):
+    with pytest.raises(MemoryError, match=r"sample_particle_posterior with 50 particles x 4 chains.*num_samples"):
+        mfsde.sample_particle_posterior(fe, jax.random.key(0), 50, num_samples=1000)
