@@ -315,7 +315,14 @@ def stein_test(traj, burn_in: float = 0.5) -> SteinTest | None:
     standard error is sd/√ESS with ArviZ's ESS. None when the run did not record it.
     """
     from .diagnostics._convergence import _ess, _uniform_saves
+    from .dynamics import Trajectory
 
+    if not isinstance(traj, Trajectory):
+        raise TypeError(f"traj must be a mfsde.Trajectory (of mfsde.langevin with diagnostics), got "
+                        f"{type(traj).__name__}")
+    burn_in = float(burn_in)
+    if not 0.0 <= burn_in < 1.0:
+        raise ValueError(f"burn_in must be a fraction of the run in [0, 1), got {burn_in!r}")
     obs = traj.observables
     if "stein_residual" not in obs:
         return None

@@ -25,6 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float, PRNGKeyArray
 
+from ._checks import finite, number_in, positive_int, positive_number
 from ._mcmc import check_kernel, run_chain
 from ._keys import single_key
 from ._validation import FixedPointCheck, check_fixed_point  # re-exported: their home until 0.1
@@ -93,8 +94,18 @@ def sample_gibbs(fe: FreeEnergy, key: PRNGKeyArray, output: Float[Array, " p"], 
     (no mass matrix): the step size h is tuned over the warmup by Robbins–Monro,
     log h ← log h + (t + 10)^{-0.6} (acceptance − 0.574), then held fixed.
     """
+    if not isinstance(fe, FreeEnergy):
+        raise TypeError(f"fe must be a mfsde.FreeEnergy, got {type(fe).__name__}")
     key = single_key(key, replicates="its replicates are the chains, one per row of init")
-    return _gibbs_runner(fe, kernel, num_warmup, num_samples, num_integration_steps)(key, jnp.asarray(output), init)
+    output = fe._check_output(output)
+    init = jnp.asarray(init, fe.x.dtype)
+    if init.ndim != 2 or init.shape[1] != fe.dim:
+        raise ValueError(f"init must have shape (chains, D) = (chains, {fe.dim}), one start per chain, got {init.shape}")
+    finite("init", init)
+    for name, v in (("num_warmup", num_warmup), ("num_samples", num_samples),
+                    ("num_integration_steps", num_integration_steps)):
+        positive_int(name, v)
+    return _gibbs_runner(fe, kernel, num_warmup, num_samples, num_integration_steps)(key, output, init)
 
 
 def _moments(fe: FreeEnergy, samples):
@@ -137,9 +148,12 @@ def sample_fixed_point(fe: FreeEnergy, key: PRNGKeyArray, *, num_chains: int = 4
     if math.isinf(fe.beta):
         raise ValueError("the fixed point of the Gibbs map needs a finite beta")
     for name, v in (("num_chains", num_chains), ("num_warmup", num_warmup), ("num_samples", num_samples),
-                    ("max_iter", max_iter)):
-        if int(v) != v or v < 1:
-            raise ValueError(f"{name} must be a positive integer, got {v!r}")
+                    ("max_iter", max_iter), ("num_integration_steps", num_integration_steps)):
+        positive_int(name, v)
+    positive_number("tol", tol)
+    number_in("damping", damping, 0.0, 1.0, closed_hi=True)
+    if output0 is not None:
+        output0 = fe._check_output(output0, "output0")
     if num_samples < 2 * _BATCHES_PER_CHAIN:
         raise ValueError(f"num_samples must be at least {2 * _BATCHES_PER_CHAIN} (batch-means error), got {num_samples}")
     run = _gibbs_runner(fe, kernel, num_warmup, num_samples, num_integration_steps)
@@ -212,9 +226,16 @@ def gibbs_log_normalizer(fe: FreeEnergy, key: PRNGKeyArray, output: Float[Array,
     """
     from blackjax.smc import resampling
 
+    if not isinstance(fe, FreeEnergy):
+        raise TypeError(f"fe must be a mfsde.FreeEnergy, got {type(fe).__name__}")
     if math.isinf(fe.beta):
         raise ValueError("the Gibbs measure needs a finite beta")
-    output = jnp.asarray(output)
+    output = fe._check_output(output)
+    num_particles = positive_int("num_particles", num_particles, minimum=2)
+    number_in("target_ess", target_ess, 0.0, 1.0)
+    positive_int("num_mcmc_steps", num_mcmc_steps)
+    positive_number("step_size", step_size)
+    positive_int("num_integration_steps", num_integration_steps)
     unit = fe.unit
     log_tilt = fe.gibbs_log_tilt(output)
 

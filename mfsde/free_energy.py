@@ -18,6 +18,7 @@ import jax.numpy as jnp
 from jaxtyping import Array, Float, PRNGKeyArray
 
 from ._blocks import row_blocks
+from ._checks import finite, is_traced
 from .model import UnitModel
 from .particles import Particles, as_measure, weighted_mean
 
@@ -197,6 +198,17 @@ class FreeEnergy(eqx.Module):
     def risk(self, particles: Float[Array, "n d"] | Particles) -> Float[Array, ""]:
         """R(ρ) = (1/P) Σ_p (y_p − f_ρ(x_p))²."""
         return jnp.mean((self.output(particles) - self.y) ** 2)
+
+    def _check_output(self, output, name: str = "output") -> Array:
+        """``output`` as an array after checking it is a finite output f of shape (P,)."""
+        if is_traced(output):
+            return output
+        a = jnp.asarray(output, self.x.dtype)
+        if a.shape != (self.num_data,):
+            raise ValueError(f"{name} must be an output f of shape (P,) = ({self.num_data},), one value per data "
+                             f"point, got {a.shape}")
+        finite(name, a)
+        return a
 
     def residual(self, particles_or_output: Array) -> Float[Array, " p"]:
         """r_p = f_ρ(x_p) − y_p, from particles (N, D), ``Particles`` or an output f (P,)."""

@@ -104,6 +104,9 @@ class UnitModel(eqx.Module):
     x_probe: Array
 
     def __init__(self, unit: Callable, x: Array):
+        if not callable(unit):
+            raise TypeError(f"unit must be a numpyro model, a function unit(x) -> (P,) with sample sites, "
+                            f"got {type(unit).__name__}")
         x = jnp.asarray(x)
         if x.ndim < 1 or x.shape[0] < 1:
             raise ValueError(f"x must have shape (P, ...) with P >= 1, got {x.shape}")
@@ -266,7 +269,7 @@ def load_model(path: str | pathlib.Path) -> types.ModuleType:
     """
     path = pathlib.Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"no model file at {path}")
+        raise FileNotFoundError(f"path: no model file at {path} (give the path of a .py file defining unit)")
     name = f"mfsde_models_{path.stem}"
     spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)

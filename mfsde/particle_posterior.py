@@ -29,6 +29,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float, PRNGKeyArray
 
+from ._checks import positive_int
 from ._mcmc import check_kernel, run_chain
 from ._keys import single_key
 from ._memory import check_run_fits, particle_run_bytes
@@ -58,7 +59,9 @@ def particle_logdensity(fe: FreeEnergy, num_particles: int):
     supplied by hand: one forward pass and one vjp per data chunk (``grad_potential_and_output``),
     so a gradient costs one Langevin step and memory stays O(N · chunk).
     """
-    n, d, beta = int(num_particles), fe.dim, fe.beta
+    if not isinstance(fe, FreeEnergy):
+        raise TypeError(f"fe must be a mfsde.FreeEnergy, got {type(fe).__name__}")
+    n, d, beta = positive_int("num_particles", num_particles), fe.dim, fe.beta
     prior_value_and_grad = jax.vmap(jax.value_and_grad(fe.unit.prior_logdensity))
 
     def value_and_grad(z):

@@ -6,6 +6,7 @@ import pathlib
 
 import numpy as np
 import xarray as xr
+from .. import _checks
 
 __all__ = ["to_inference_data", "save", "load"]
 
@@ -41,10 +42,14 @@ def to_inference_data(result, fe):
     - a ``GibbsNormalizer`` (``gibbs_log_normalizer``): the SMC particles as a weighted
       cloud, with log_z and kl in ``constant_data``.
     """
+    from ..free_energy import FreeEnergy
+
+    if not isinstance(fe, FreeEnergy):
+        raise TypeError(f"fe must be the mfsde.FreeEnergy the result came from, got {type(fe).__name__}")
     for cls, build in _builders():
         if isinstance(result, cls):
             return build(result, fe)
-    raise TypeError(f"to_inference_data takes a Trajectory, a particle cloud, FixedPoint, GibbsSamples, "
+    raise TypeError(f"result: to_inference_data takes a Trajectory, a particle cloud, FixedPoint, GibbsSamples, "
                     f"ParticlePosterior, FixedPointCheck or GibbsNormalizer; got {type(result).__name__}")
 
 
@@ -225,6 +230,7 @@ def _particle_posterior_tree(pp, fe):
 
 def save(idata, path) -> pathlib.Path:
     """Write a DataTree to netCDF (h5netcdf); ``load`` reads it back unchanged."""
+    _checks.idata("idata", idata)
     path = pathlib.Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     idata.to_netcdf(path, engine="h5netcdf")
@@ -233,5 +239,7 @@ def save(idata, path) -> pathlib.Path:
 
 def load(path):
     """Read a DataTree written by ``save`` (fully loaded into memory, file closed)."""
+    if not pathlib.Path(path).is_file():
+        raise FileNotFoundError(f"path: no saved DataTree at {path} (mfsde.save writes one)")
     with xr.open_datatree(path, engine="h5netcdf") as tree:
         return tree.load()

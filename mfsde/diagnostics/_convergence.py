@@ -24,6 +24,7 @@ import math
 from typing import NamedTuple
 
 import numpy as np
+from .. import _checks
 
 __all__ = ["stationarity", "equilibration", "convergence", "summary", "Summary", "Stationarity", "Convergence",
            "ObservableConvergence", "RHAT_MAX", "MIN_ESS", "MAX_BURN_IN", "LAW_BAND"]
@@ -56,6 +57,19 @@ class Stationarity(NamedTuple):
     threshold: float
 
 
+def _series(values, ts) -> tuple[np.ndarray, np.ndarray]:
+    """(values as (chains, T), ts as (T,)), after checking they match and ts increases."""
+    v = np.asarray(values, np.float64)
+    v = v[None] if v.ndim == 1 else v
+    ts = np.asarray(ts, np.float64)
+    if ts.ndim != 1 or ts.size < 2 or not np.all(np.diff(ts) > 0):
+        raise ValueError(f"ts must be increasing save times, shape (T,) with T >= 2, got shape {ts.shape}")
+    if v.ndim != 2 or v.shape[1] != ts.size:
+        raise ValueError(f"values must have shape (T,) or (chains, T) with T = {ts.size} saves as in ts, "
+                         f"got {np.shape(values)}")
+    return v, ts
+
+
 def stationarity(values, ts, rel_tol: float = 0.02, z: float = 3.0) -> Stationarity:
     """Is an observable flat at the end of a run?
 
@@ -66,9 +80,9 @@ def stationarity(values, ts, rel_tol: float = 0.02, z: float = 3.0) -> Stationar
     chains of ``values`` (chains, T) as chains; a (T,) series is one chain. A quick check
     of one series; ``equilibration`` and ``convergence`` are the verdicts ``summary`` uses.
     """
-    v = np.asarray(values, np.float64)
-    v = v[None] if v.ndim == 1 else v
-    ts = np.asarray(ts, np.float64)
+    v, ts = _series(values, ts)
+    _checks.positive_number("rel_tol", rel_tol)
+    _checks.positive_number("z", z)
     span = ts[-1] - ts[0]
     last = v[:, ts > ts[0] + 0.75 * span]
     before = v[:, (ts > ts[0] + 0.5 * span) & (ts <= ts[0] + 0.75 * span)]
@@ -175,9 +189,9 @@ def equilibration(values, ts, name: str = "", min_ess: float = MIN_ESS, max_burn
     most ``LAW_TREND`` · law_scale. A relaxation or a disagreement between runs larger than that noise is
     not.
     """
-    v = np.asarray(values, np.float64)
-    v = v[None] if v.ndim == 1 else v
-    ts = np.asarray(ts, np.float64)
+    v, ts = _series(values, ts)
+    _checks.positive_number("min_ess", min_ess)
+    _checks.number_in("max_burn_in", max_burn_in, 0.0, 1.0)
     keep = _uniform_saves(ts, step)
     v, ts = v[:, keep], ts[keep]
     chains, t = v.shape
@@ -244,6 +258,8 @@ def convergence(idata) -> Convergence:
     the run's length, and says whether R-hat could see a drift the replicates share.
     """
     import arviz_stats
+
+    _checks.idata("idata", idata)
 
     obs = idata["observables"].to_dataset() if "observables" in idata.children else None
     if obs is None:
@@ -363,6 +379,7 @@ def summary(idata, fe=None) -> Summary:
     """
     import arviz_stats
 
+    _checks.idata("idata", idata)
     table = arviz_stats.summary(idata, kind="all")
     obs = idata["observables"].to_dataset() if "observables" in idata.children else None
 

@@ -19,6 +19,7 @@ import numpy as np
 from jax.scipy.special import digamma, gammaln
 from jaxtyping import Array, Float, PRNGKeyArray
 
+from .. import _checks
 from .._blocks import row_blocks, unblock
 from .._keys import single_key
 from ..particles import Particles, as_measure
@@ -59,9 +60,13 @@ def entropy_knn(x: Float[Array, "n d"], k: int = 1) -> Float[Array, ""]:
     bench/README.md give numbers; for Gaussians it is below 0.05 nats at D ≤ 8, N ≥ 2000).
     """
     x = jnp.asarray(x)
+    k = _checks.positive_int("k", k)
+    if x.ndim != 2:
+        raise ValueError(f"x must be points of shape (N, D), got {x.shape}")
     n, d = x.shape
     if n <= k:
-        raise ValueError(f"entropy_knn needs more than k = {k} points, got {n}")
+        raise ValueError(f"x has {n} points: entropy_knn needs more than k = {k} (a k-th nearest neighbour)")
+    _checks.finite("x", x)
     log_vd = 0.5 * d * math.log(math.pi) - gammaln(0.5 * d + 1.0)
     return digamma(float(n)) - digamma(float(k)) + log_vd + d * jnp.mean(_knn_log_distances(x, k))
 
@@ -162,6 +167,14 @@ def _moments(particles) -> tuple[Array, Array]:
 
 def w2_gaussian(p: Float[Array, "n d"] | Particles, q: Float[Array, "m d"] | Particles) -> Float[Array, ""]:
     """Gelbrich lower bound on W2(p, q): the Bures distance between their Gaussian fits."""
+    for name, a in (("p", p), ("q", q)):
+        theta = as_measure(a)[0]
+        if theta.ndim != 2 or theta.shape[0] < 2:
+            raise ValueError(f"{name} must be at least 2 points of shape (N, D) (a covariance), got {theta.shape}")
+        _checks.finite(name, theta)
+    if as_measure(p)[0].shape[1] != as_measure(q)[0].shape[1]:
+        raise ValueError(f"p and q must have the same dimensions D, got {as_measure(p)[0].shape[1]} and "
+                         f"{as_measure(q)[0].shape[1]}")
     return _bures(*_moments(p), *_moments(q))
 
 
@@ -180,6 +193,7 @@ def w2_to_prior_bound(particles: Float[Array, "n d"], fe, moments=None) -> Float
     moments = gaussian_prior_moments(fe) if moments is None else moments
     if moments is None:
         raise ValueError("w2_to_prior_bound needs a Gaussian prior (Normal / MultivariateNormal sites)")
+    fe._check_particles(particles)
     mean, cov = _moments(particles)
     m0, s0 = (jnp.asarray(a, mean.dtype) for a in moments)
     return _bures(mean, cov, m0, s0)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+from .. import _checks
 
 __all__ = ["plot_marginals", "plot_observables"]
 
@@ -15,6 +16,7 @@ def plot_marginals(idata, fe, max_panels: int = 6, path=None):
     import jax
     import matplotlib.pyplot as plt
 
+    _checks.idata("idata", idata)
     post = idata["posterior"].to_dataset()
     n = post.sizes["chain"] * post.sizes["draw"]
     prior = fe.unflatten(fe.prior_sample(jax.random.key(0), n))
@@ -48,6 +50,7 @@ def plot_observables(idata, names=("risk", "free_energy", "kl_to_prior", "w2_to_
     """Traces of the recorded observables against time, one line per replicate run."""
     import matplotlib.pyplot as plt
 
+    _checks.idata("idata", idata)
     obs = idata["observables"].to_dataset()
     names = [k for k in names if k in obs]
     fig, axes = plt.subplots(1, len(names), figsize=(3.4 * len(names), 2.8), squeeze=False)

@@ -79,9 +79,22 @@ class CheckpointFile:
         return CheckpointState(data["particles"], int(data["next_segment"]), obs)
 
     def save(self, particles, next_segment: int, obs: dict[str, list]) -> None:
-        """Write the state after ``next_segment`` segments (a temporary file, then renamed)."""
+        """Write the state after ``next_segment`` segments: to a temporary file, flushed to
+        disk, then renamed over the old one, so that a kill or a full disk at any point
+        leaves the previous checkpoint whole (a failed write removes its temporary file
+        and raises ``OSError`` saying so)."""
         tmp = self.path.with_name(self.path.name + ".tmp.npz")
         arrays = {f"obs_{k}": np.stack(v) if v else np.zeros((0,)) for k, v in obs.items()}
-        np.savez(tmp, particles=np.asarray(particles), next_segment=np.asarray(next_segment),
-                 fingerprint=np.asarray(json.dumps(self.fingerprint)), **arrays)
+        try:
+            with open(tmp, "wb") as f:
+                np.savez(f, particles=np.asarray(particles), next_segment=np.asarray(next_segment),
+                         fingerprint=np.asarray(json.dumps(self.fingerprint)), **arrays)
+                f.flush()
+                os.fsync(f.fileno())
+        except OSError as e:
+            tmp.unlink(missing_ok=True)
+            kept = (f"the previous checkpoint {self.path} is intact" if self.path.exists()
+                    else "no checkpoint was kept")
+            raise OSError(e.errno, f"could not write the checkpoint after segment {next_segment} to {tmp} "
+                                   f"({e.strerror or e}); {kept}, and rerunning resumes from it") from e
         os.replace(tmp, self.path)

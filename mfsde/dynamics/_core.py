@@ -106,6 +106,15 @@ class ParticleSDE(eqx.Module):
     jump: Callable | None = None
     jump_every: int = eqx.field(static=True, default=1)
 
+    def __check_init__(self):
+        for name in ("drift", "noise_scale", "jump"):
+            if getattr(self, name) is not None and not callable(getattr(self, name)):
+                raise TypeError(f"{name} must be a function (or None), got {type(getattr(self, name)).__name__}")
+        if self.drift is None and self.jump is None:
+            raise ValueError("a ParticleSDE needs a drift, a jump, or both")
+        if not (isinstance(self.jump_every, int) and self.jump_every >= 1):
+            raise ValueError(f"jump_every must be a positive integer, got {self.jump_every!r}")
+
 
 class _DiagonalDiffusion(eqx.Module):
     # noise_scale(t) is a scalar, or a (D,) row of per-coordinate scales (e.g. Σ^{1/2}).
@@ -573,8 +582,10 @@ def _raise_if_diverged(traj: Trajectory, replay: dict | None, t0: float, dt0: fl
     step = int(round((t - t0) / dt0))
     keep = np.asarray(traj.ts) < t
     y_bad = traj.particles[r] if at.size > 1 and traj.particles.ndim == 3 else traj.particles
-    sde, args, t_last, y_last, y_bad = _last_finite_state(replay, r, t, y_bad) if replay else (None, None, t, None, y_bad)
-    quantity, cols, what = _what_went_nonfinite(sde, args, t_last, y_last, y_bad, columns)
+    offset = replay.get("offset", 0.0) if replay else 0.0
+    sde, args, t_last, y_last, y_bad = (_last_finite_state(replay, r, t - offset, y_bad) if replay
+                                        else (None, None, t, None, y_bad))
+    quantity, cols, what = _what_went_nonfinite(sde, args, t_last, y_last, y_bad, columns, offset)
     last = traj.particles if y_last is None else y_last
     partial = traj._replace(ts=traj.ts[keep], observables={k: v[..., keep] for k, v in traj.observables.items()},
                             particles=last)
@@ -592,7 +603,8 @@ def _raise_if_diverged(traj: Trajectory, replay: dict | None, t0: float, dt0: fl
 
 
 def _last_finite_state(replay: dict, r: int, t_bad: float, y_bad):
-    """(sde, args, t_last, Θ_last, Θ_bad) of replicate r, which went non-finite at t_bad."""
+    """(sde, args, t_last, Θ_last, Θ_bad) of replicate r, which went non-finite at t_bad
+    (both times in the sde's own time)."""
     batched = replay["batched"]
     key = replay["key"][r] if batched else replay["key"]
     y, args = replay["y"], replay["args"]
@@ -626,15 +638,18 @@ def _overflow_scale(dtype) -> float:
     return float(np.sqrt(np.finfo(dtype).max))
 
 
-def _what_went_nonfinite(sde, args, t_last, y_last, y_bad, columns) -> tuple[str, tuple[str, ...], str]:
+def _what_went_nonfinite(sde, args, t_last, y_last, y_bad, columns, offset: float = 0.0
+                         ) -> tuple[str, tuple[str, ...], str]:
     """(quantity, the column groups that went non-finite, a sentence saying so).
 
     At the last finite state Θ_last: a non-finite drift b(t, Θ_last) is the model's
     (its unit, gradient or prior overflows or is undefined there, whatever the step); a
     non-finite noise scale is the schedule's; both finite means one step of the scheme took
     a finite state to a non-finite one, an unstable step. ``columns``: ((name, width), ...)
-    naming the state's column groups (default one group, "theta").
+    naming the state's column groups (default one group, "theta"). ``t_last`` is in the
+    sde's own time (a checkpoint segment's starts at 0); ``offset`` makes it the run's.
     """
+    t_sde, t_last = t_last, t_last + offset
     y_bad = np.asarray(y_bad)
     n = y_bad.shape[0]
     columns = columns or (("theta", y_bad.shape[-1]),)
@@ -652,7 +667,7 @@ def _what_went_nonfinite(sde, args, t_last, y_last, y_bad, columns) -> tuple[str
     if sde.drift is None:
         return "jump", tuple(names), (f"{where} A finite state at t = {t_last:.6g} (max |Θ| = {size:.3g}) went "
                                       "non-finite in one jump (the chain's update): an unstable step.")
-    drift = np.asarray(sde.drift(t_last, y_last, args))
+    drift = np.asarray(sde.drift(t_sde, y_last, args))
     bad_drift = int(np.sum(~np.all(np.isfinite(drift), axis=-1)))
     if bad_drift:
         said = (f"{where} The drift went non-finite first: at the last finite state (t = {t_last:.6g}, max |Θ| = "
@@ -662,7 +677,7 @@ def _what_went_nonfinite(sde, args, t_last, y_last, y_bad, columns) -> tuple[str
                                            "unstable steps blew the state up until the drift overflowed.")
         return "drift", tuple(names), (f"{said}, at a state of ordinary size: the unit, its gradient or the "
                                        "prior's log-density overflows or is undefined there, whatever the step.")
-    if sde.noise_scale is not None and not np.all(np.isfinite(np.asarray(sde.noise_scale(t_last)))):
+    if sde.noise_scale is not None and not np.all(np.isfinite(np.asarray(sde.noise_scale(t_sde)))):
         return "noise", tuple(names), f"{where} The noise scale g(t) is non-finite at t = {t_last:.6g}."
     return "step", tuple(names), (f"{where} The drift and noise are finite at the last finite state (t = "
                                   f"{t_last:.6g}, max |Θ| = {size:.3g}, max |drift| = {np.max(np.abs(drift)):.3g}), so "
@@ -722,13 +737,21 @@ def _segmented(sde_of, key, y0, args, ts, batched, jumps, every, path, fingerpri
             rows = {k: np.asarray(v) for k, v in traj.observables.items()}
         else:
             seg_ks = np.union1d(wanted, [b])
+            # every segment is solved on [0, (b − a) dt0] with its terms shifted by its start
+            # time (a traced offset), so that all full segments share one compiled solve
+            offset = jnp.asarray(t0 + a * dt0, y0.dtype)
 
-            def seg_sde(k, s=s):
+            def seg_sde(k, s=s, offset=offset):
                 sde, noise_key, *obs = sde_of(k)
-                return sde, jax.random.fold_in(noise_key, s), *obs
+                shifted = ParticleSDE(_Shifted(sde.drift, offset),
+                                      None if sde.noise_scale is None else _Shifted(sde.noise_scale, offset))
+                return shifted, jax.random.fold_in(noise_key, s), *(_Shifted(o, offset) for o in obs)
 
-            traj = _replicates(seg_sde, key, y, args, t0 + seg_ks * dt0, batched,
-                               **dict(kwargs, t0=t0 + a * dt0, t1=t0 + b * dt0, dt0=dt0, progress=False))
+            seg_kwargs = dict(kwargs, t0=0.0, t1=(b - a) * dt0, dt0=dt0, progress=False,
+                              observables=None if kwargs.get("observables") is None
+                              else _Shifted(kwargs["observables"], offset))
+            traj = _replicates(seg_sde, key, y, args, (seg_ks - a) * dt0, batched, **seg_kwargs)
+            traj = traj._replace(diverged_at=traj.diverged_at + offset)
             keep = np.isin(seg_ks, wanted)
             rows = {k: np.compress(keep, np.asarray(v), axis=axis) for k, v in traj.observables.items()}
         for name, values in rows.items():
@@ -737,9 +760,10 @@ def _segmented(sde_of, key, y0, args, ts, batched, jumps, every, path, fingerpri
             done = {k: jnp.asarray(np.moveaxis(np.stack(v), 0, axis)) for k, v in obs.items() if v}
             n_rows = len(next(iter(obs.values()))) if obs else 0
             so_far = traj._replace(ts=jnp.asarray(t0 + ks[:n_rows] * dt0, y0.dtype), observables=done)
-            span = dict(t0=t0, t1=t1) if jumps else dict(t0=t0 + a * dt0, t1=t0 + b * dt0)
-            replay = dict(sde_of=sde_of if jumps else seg_sde, key=key, y=y, args=args, batched=batched,
-                          jumps=jumps, kwargs=dict(kwargs, dt0=dt0, **span), run_t0=t0)
+            replay = dict(sde_of=sde_of, key=key, y=y, args=args, batched=batched, jumps=True, run_t0=t0,
+                          kwargs=dict(kwargs, t0=t0, t1=t1, dt0=dt0)) if jumps else \
+                dict(sde_of=seg_sde, key=key, y=y, args=args, batched=batched, jumps=False, run_t0=t0,
+                     kwargs=seg_kwargs, offset=t0 + a * dt0)
             _raise_if_diverged(so_far, replay, t0, dt0, stability_hint, state_columns,
                                f"; the checkpoint {path} keeps the state after segment {s} (step {a})")
         y = traj.particles

@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float, PRNGKeyArray
 
+from .._checks import positive_int
 from .._keys import single_key
 from ..free_energy import FreeEnergy
 
@@ -51,6 +52,7 @@ def max_curvature(fe: FreeEnergy, particles: Float[Array, "n d"], key: PRNGKeyAr
     from ._langevin import LangevinDrift
 
     particles = fe._check_particles(particles)
+    num_iterations = positive_int("num_iterations", num_iterations)
     drift = LangevinDrift(fe)
     key = jax.random.key(0) if key is None else single_key(key, replicates="one power iteration")
     v0 = jax.random.normal(key, particles.shape, particles.dtype)

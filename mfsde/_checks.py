@@ -1,0 +1,67 @@
+"""Argument checks at the public boundary: each error names the user's argument and the fix.
+
+Values that are traced (under an outer jit or vmap) are not known here and pass; they are
+checked when a call sees them concrete.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import numpy as np
+
+__all__ = ["finite", "positive_int", "positive_number", "number_in", "idata"]
+
+
+def is_traced(a) -> bool:
+    return isinstance(a, jax.core.Tracer)
+
+
+def finite(name: str, a) -> None:
+    """ValueError if the (concrete) array ``a`` has a NaN or an infinity."""
+    if a is None or is_traced(a):
+        return
+    if not np.all(np.isfinite(np.asarray(a))):
+        raise ValueError(f"{name} contains non-finite values")
+
+
+def positive_int(name: str, v, minimum: int = 1) -> int:
+    """``v`` as an int, ValueError unless it is a whole number >= ``minimum``."""
+    ok = isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool) and math.isfinite(v) \
+        and int(v) == v and v >= minimum
+    if not ok:
+        need = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
+        raise ValueError(f"{name} must be {need}, got {v!r}")
+    return int(v)
+
+
+def positive_number(name: str, v, allow_inf: bool = False) -> float:
+    """``v`` as a float, ValueError unless it is > 0 (and finite unless ``allow_inf``)."""
+    try:
+        x = float(v)
+    except (TypeError, ValueError):
+        x = math.nan
+    if not (x > 0 and (allow_inf or math.isfinite(x))):
+        raise ValueError(f"{name} must be a positive number{' (inf allowed)' if allow_inf else ''}, got {v!r}")
+    return x
+
+
+def number_in(name: str, v, lo: float, hi: float, closed_hi: bool = False) -> float:
+    """``v`` as a float, ValueError unless lo < v < hi (or <= hi with ``closed_hi``)."""
+    try:
+        x = float(v)
+    except (TypeError, ValueError):
+        x = math.nan
+    if not (lo < x < hi or (closed_hi and x == hi)):
+        raise ValueError(f"{name} must be in ({lo:g}, {hi:g}{']' if closed_hi else ')'}, got {v!r}")
+    return x
+
+
+def idata(name: str, tree) -> None:
+    """TypeError unless ``tree`` is a DataTree (what ``to_inference_data`` and ``load`` give)."""
+    import xarray as xr
+
+    if not isinstance(tree, xr.DataTree):
+        raise TypeError(f"{name} must be the DataTree of mfsde.to_inference_data(result, fe) or mfsde.load(path), "
+                        f"got {type(tree).__name__}")
