@@ -44,11 +44,6 @@ def _auto_chunk_elements() -> int:
     return max(_AUTO_CHUNK_ELEMENTS_CPU, int(limit) // 24)
 
 
-def _check_finite(name: str, a: Array) -> None:
-    if not bool(jnp.all(jnp.isfinite(a))):
-        raise ValueError(f"{name} contains non-finite values")
-
-
 class FreeEnergy(eqx.Module):
     """Free energy F_β(ρ) = ½R(ρ) + β⁻¹ KL(ρ‖π₀) of one unit model on a fixed data set.
 
@@ -87,8 +82,8 @@ class FreeEnergy(eqx.Module):
             raise ValueError(f"x must have shape (P, ...) with P >= 1, got {x.shape}")
         if y.shape != (x.shape[0],):
             raise ValueError(f"y must have shape (P,) = ({x.shape[0]},) to match x {x.shape}, got {y.shape}")
-        _check_finite("x", x)
-        _check_finite("y", y)
+        finite("x", x)
+        finite("y", y)
         try:
             beta = float(beta)
         except (TypeError, ValueError):

@@ -26,7 +26,7 @@ import pathlib
 import sys
 import types
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import equinox as eqx
 import jax
@@ -44,30 +44,56 @@ __all__ = ["UnitModel", "load_model"]
 _N_PRIOR_CHECK = 16
 
 
-def _trace(unit: Callable, x: Array, seed: int = 0) -> tuple[dict[str, Any], Any]:
-    """(trace of the sample sites, return value) of one prior draw of ``unit(x)``."""
-    with handlers.block(), handlers.trace() as tr:
-        out = handlers.seed(unit, seed)(x)
-    return tr, out
+class _Site(NamedTuple):
+    """What validation needs of one traced site: numpyro's site dict without its values."""
+
+    type: str
+    is_observed: bool
+    discrete: bool
+    shape: tuple[int, ...]
 
 
-def _validate_sites(tr: dict[str, Any]) -> list[str]:
+def _trace(unit: Callable, x: Array, seed: int = 0) -> tuple[dict[str, _Site], tuple[int, ...] | None]:
+    """(the sample and param sites of one prior draw of ``unit(x)``, the output's shape).
+
+    Traced abstractly (``jax.eval_shape``): only shapes and site kinds are read, so no
+    operation of the model is compiled or run here (eagerly, each new shape of each
+    operation would cost an XLA compile, seconds for a constrained prior).
+    """
+    sites, shape = {}, []
+
+    def run():
+        with handlers.block(), handlers.trace() as tr:
+            out = handlers.seed(unit, seed)(x)
+        for name, site in tr.items():
+            if site["type"] in ("sample", "param"):
+                discrete = site["type"] == "sample" and bool(site["fn"].support.is_discrete)
+                sites[name] = _Site(site["type"], bool(site.get("is_observed", False)), discrete,
+                                    tuple(jnp.shape(site["value"])))
+        shape.append(None if out is None else tuple(jnp.shape(out)))
+        return 0
+
+    jax.eval_shape(run)
+    return sites, shape[0]
+
+
+def _validate_sites(tr: dict[str, _Site]) -> list[str]:
     """Return the latent sample-site names of a trace; raise for what mfsde cannot treat."""
     names = []
     for name, site in tr.items():
-        if site["type"] == "param":
+        if site.type == "param":
             raise ValueError(
                 f"unit model has a param site {name!r}: mfsde needs every parameter of the "
                 "unit as a sample site with a prior (numpyro.sample)"
             )
-        if site["type"] != "sample":
+        if site.type != "sample":
             continue
-        if site["is_observed"]:
+        if site.is_observed:
             raise ValueError(
                 f"unit model has an observed site {name!r}: a unit model describes one hidden "
                 "unit's parameters only; the data enter through FreeEnergy(unit, x, y)"
             )
-        if site["fn"].support.is_discrete:
+        if site.discrete:
             raise ValueError(
                 f"unit model site {name!r} has a discrete support: the mean-field dynamics "
                 "need continuous parameters"
@@ -76,6 +102,32 @@ def _validate_sites(tr: dict[str, Any]) -> list[str]:
     if not names:
         raise ValueError("unit model has no sample sites: it must declare its parameters with numpyro.sample")
     return names
+
+
+def _potential(unit: Callable, probe: Array, names: list[str]) -> tuple[Callable, dict[str, Any]]:
+    """(numpyro's potential_fn of the unit model on ``probe``, zeros shaped as its
+    unconstrained sites), from ``initialize_model`` run abstractly (``jax.eval_shape``): the
+    potential it builds reads the model afresh at each call and holds no traced value, and
+    only the shapes of the initial parameters are kept (the prior draws are checked finite
+    by ``UnitModel`` itself)."""
+    box = []
+
+    def run():
+        info = initialize_model(jax.random.key(0), unit, model_args=(probe,), init_strategy=init_to_sample)
+        box.append(info.potential_fn)
+        return {k: info.param_info.z[k] for k in names}
+
+    shapes = jax.eval_shape(run)
+    return box[0], jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+
+
+def _prior_draw_checks(unit: "UnitModel", x: Array, m: int):
+    """(θ, log π₀(θ), σ(x; θ), σ(x[:m]; θ)) at _N_PRIOR_CHECK prior draws θ."""
+    thetas = unit.prior_sample(jax.random.key(0), _N_PRIOR_CHECK)
+    logp = jax.vmap(unit.prior_logdensity)(thetas)
+    outs = jax.vmap(unit.apply, in_axes=(0, None))(thetas, x)
+    part = jax.vmap(unit.apply, in_axes=(0, None))(thetas, x[:max(m, 1)])
+    return thetas, logp, outs, part
 
 
 class UnitModel(eqx.Module):
@@ -112,41 +164,37 @@ class UnitModel(eqx.Module):
             raise ValueError(f"x must have shape (P, ...) with P >= 1, got {x.shape}")
         tr, out = _trace(unit, x)
         names = _validate_sites(tr)
-        if out is None or jnp.shape(out) != (x.shape[0],):
-            got = None if out is None else jnp.shape(out)
+        if out != (x.shape[0],):
             raise ValueError(
                 f"unit model must return sigma(x; theta) of shape (P,) = ({x.shape[0]},) for "
-                f"x of shape {x.shape}, got {got}"
+                f"x of shape {x.shape}, got {out}"
             )
         # Priors never depend on the data values, so the prior machinery runs on one row
         # of x: nothing of size P is ever computed per particle outside apply().
         probe = x[:1]
         tr_probe, _ = _trace(unit, probe)
         for name in names:
-            if tr_probe[name]["value"].shape != tr[name]["value"].shape:
+            if tr_probe[name].shape != tr[name].shape:
                 raise ValueError(
-                    f"unit model site {name!r} has shape {tr[name]['value'].shape} for P = "
-                    f"{x.shape[0]} inputs but {tr_probe[name]['value'].shape} for P = 1: a "
+                    f"unit model site {name!r} has shape {tr[name].shape} for P = "
+                    f"{x.shape[0]} inputs but {tr_probe[name].shape} for P = 1: a "
                     "unit's parameters must not depend on the number of inputs"
                 )
-        info = initialize_model(
-            jax.random.key(0), unit, model_args=(probe,), init_strategy=init_to_sample
-        )
-        z = {k: info.param_info.z[k] for k in names}
+        potential_fn, z = _potential(unit, probe, names)
         flat, unravel = ravel_pytree(z)
         self.model = unit
         self.dim = int(flat.shape[0])
         self.site_names = tuple(names)
-        self.site_shapes = tuple(tuple(tr[k]["value"].shape) for k in names)
+        self.site_shapes = tuple(tr[k].shape for k in names)
         self._unravel = unravel
-        self._potential_fn = info.potential_fn
+        self._potential_fn = potential_fn
         self.x_probe = probe
         self._check_prior_draws(x)
 
     def _check_prior_draws(self, x: Array) -> None:
-        thetas = self.prior_sample(jax.random.key(0), _N_PRIOR_CHECK)
-        logp = jax.vmap(self.prior_logdensity)(thetas)
-        outs = jax.vmap(self.apply, in_axes=(0, None))(thetas, x)
+        m = min(x.shape[0] - 1, 3)
+        # one compiled program for the draws, their densities and outputs (not one per operation)
+        thetas, logp, outs, part = eqx.filter_jit(_prior_draw_checks)(self, x, m)
         if not bool(jnp.all(jnp.isfinite(logp))):
             raise ValueError("unit model prior log-density is not finite at prior draws")
         bad = ~jnp.all(jnp.isfinite(outs), axis=1)
@@ -157,9 +205,7 @@ class UnitModel(eqx.Module):
                 f"{ {k: np.asarray(v) for k, v in self.constrain(thetas[int(jnp.argmax(bad))]).items()} })"
             )
         # The data are swept in chunks: sigma(x_p; theta) may depend on row x_p only.
-        m = min(x.shape[0] - 1, 3)
         if m >= 1:
-            part = jax.vmap(self.apply, in_axes=(0, None))(thetas, x[:m])
             if not np.allclose(part, outs[:, :m], rtol=1e-4, atol=1e-6 * float(jnp.max(jnp.abs(outs[:, :m])) + 1)):
                 raise ValueError(
                     "unit model output for one input depends on the other inputs of the batch: "
@@ -204,7 +250,7 @@ class UnitModel(eqx.Module):
         particles = jnp.asarray(particles)
         if particles.ndim != 2 or particles.shape[1] != self.dim:
             raise ValueError(f"particles must have shape (N, {self.dim}), got {particles.shape}")
-        return jax.vmap(self.constrain)(particles)
+        return _unflatten(self, particles)
 
     def gaussian_prior_moments(self) -> tuple[np.ndarray, np.ndarray] | None:
         """(mean (D,), covariance (D, D)) of π₀ in flat coordinates if every site is Gaussian
@@ -246,19 +292,29 @@ class UnitModel(eqx.Module):
     def prior_sample(self, key: PRNGKeyArray, n: int) -> Float[Array, "n d"]:
         """n independent draws of θ ~ π₀, in flat unconstrained coordinates, shape (n, D)."""
 
-        def one(k):
-            with handlers.block():
-                tr = handlers.trace(handlers.seed(self.model, k)).get_trace(self.x_probe)
-            values = {name: tr[name]["value"] for name in self.site_names}
-            return self.flatten(values)
-
-        return jax.vmap(one)(jax.random.split(key, n))
+        return _prior_sample(self, key, int(n))
 
     def apply(self, theta: Float[Array, " d"], x: Array) -> Float[Array, " p"]:
         """σ(x; θ) for one unit θ and a batch of inputs x of shape (P, ...): shape (P,)."""
         values = self.constrain(theta)
         with handlers.block():
             return handlers.substitute(self.model, data=values)(x)
+
+
+# compiled once per unit and shape: run eagerly, each operation would be compiled on its own
+@eqx.filter_jit
+def _prior_sample(unit: UnitModel, key, n: int):
+    def one(k):
+        with handlers.block():
+            tr = handlers.trace(handlers.seed(unit.model, k)).get_trace(unit.x_probe)
+        return unit.flatten({name: tr[name]["value"] for name in unit.site_names})
+
+    return jax.vmap(one)(jax.random.split(key, n))
+
+
+@eqx.filter_jit
+def _unflatten(unit: UnitModel, particles):
+    return jax.vmap(unit.constrain)(particles)
 
 
 def load_model(path: str | pathlib.Path) -> types.ModuleType:

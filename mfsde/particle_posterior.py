@@ -29,7 +29,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float, PRNGKeyArray
 
-from ._checks import positive_int
+from ._checks import finite, positive_int
 from ._mcmc import check_kernel, run_chain
 from ._keys import single_key
 from ._memory import check_run_fits, particle_run_bytes
@@ -133,8 +133,7 @@ def sample_particle_posterior(fe: FreeEnergy, key: PRNGKeyArray, num_particles: 
     if init.ndim != 3 or init.shape[1:] != (n, d):
         raise ValueError(f"init must have shape (chains, {n}, {d}), got {init.shape}")
     # under an outer jit the values are not known here
-    if not isinstance(init, jax.core.Tracer) and not bool(jnp.all(jnp.isfinite(init))):
-        raise ValueError("init contains non-finite values")
+    finite("init", init)
     kept = int(num_samples) * d * fe.x.dtype.itemsize
     check_run_fits("sample_particle_posterior", particle_run_bytes(fe, d, lambda m: kept * m), n, int(init.shape[0]),
                    "chains", f"The draws kept are num_samples x N x D numbers per chain: fewer num_samples (a larger "

@@ -13,6 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float, PRNGKeyArray
 
+from .._checks import finite
 from ..free_energy import FreeEnergy
 from ..particle_posterior import stein_residual
 from ..diagnostics._divergence import kl_to_prior, w2_to_prior_bound
@@ -188,8 +189,7 @@ def langevin(
     else:
         particles0 = fe._check_particles(particles0)
     # Under an outer jit/vmap the values are not known here; they are checked when concrete.
-    if not isinstance(particles0, jax.core.Tracer) and not np.all(np.isfinite(np.asarray(particles0))):
-        raise ValueError("particles0 contains non-finite values")
+    finite("particles0", particles0)
     particles0 = particles0.astype(fe.x.dtype)
     n = particles0.shape[-2]
     schedule = _unit_schedule if schedule is None else schedule

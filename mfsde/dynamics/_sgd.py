@@ -12,6 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float, PRNGKeyArray
 
+from .._checks import finite
 from ..diagnostics._moments import LawMoments
 from ..free_energy import FreeEnergy
 from ..particle_posterior import stein_residual
@@ -150,9 +151,7 @@ def sgd(fe: FreeEnergy, key: PRNGKeyArray, particles0: Float[Array, "n d"], *, n
         particles0 = jnp.broadcast_to(particles0, (key.shape[0], *particles0.shape[-2:])).astype(fe.x.dtype)
     else:
         particles0 = fe._check_particles(particles0).astype(fe.x.dtype)
-    # under an outer jit the values are not known here
-    if not isinstance(particles0, jax.core.Tracer) and not bool(jnp.all(jnp.isfinite(particles0))):
-        raise ValueError("particles0 contains non-finite values")
+    finite("particles0", particles0)
     if int(num_steps) != num_steps or num_steps < 1:
         raise ValueError(f"num_steps must be a positive integer, got {num_steps!r}")
     num_steps = int(num_steps)

@@ -39,6 +39,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float, PRNGKeyArray
 
+from .._checks import finite
 from ..free_energy import FreeEnergy
 from .._memory import particle_run_bytes
 from ._checkpoint import array_digest, data_fingerprint
@@ -247,11 +248,6 @@ def _solve_on_unit_interval(fe, sde_of, observables, key, num_particles, dt0, ts
     return traj._replace(particles=traj.particles[..., : fe.dim])
 
 
-def _finite(a) -> bool:
-    # under an outer jit the values are not known here
-    return isinstance(a, jax.core.Tracer) or bool(np.all(np.isfinite(np.asarray(a))))
-
-
 def _check_fe(fe):
     if not isinstance(fe, FreeEnergy):
         raise TypeError(f"fe must be a mfsde.FreeEnergy, got {type(fe).__name__}")
@@ -362,8 +358,7 @@ def schrodinger_bridge(fe: FreeEnergy, fixed_point_or_output, key: PRNGKeyArray,
             samples = fixed_point_or_output.samples
     else:
         output = jnp.asarray(fixed_point_or_output, dtype)
-    if output.shape != (fe.num_data,) or not _finite(output):
-        raise ValueError(f"the fixed point's output must be a finite (P,) = ({fe.num_data},) array, got {output.shape}")
+    output = fe._check_output(output)
     half = num_inner // 2
     n_g = {"mis": half // 2, "gaussian": half, "fixed_point": 0}[estimator]
     n_r = half - n_g
@@ -371,8 +366,9 @@ def schrodinger_bridge(fe: FreeEnergy, fixed_point_or_output, key: PRNGKeyArray,
         init = fe.prior_sample(k_pool, 4)
         samples = sample_gibbs(fe, jax.random.fold_in(k_pool, 1), output, init, num_samples=1000).samples
     pool = jnp.zeros((1, fe.dim), dtype) if samples is None else jnp.asarray(samples, dtype).reshape(-1, fe.dim)
-    if pool.shape[-1] != fe.dim or not _finite(pool):
-        raise ValueError(f"samples of ρ* must be finite with last axis D = {fe.dim}")
+    if pool.shape[-1] != fe.dim:
+        raise ValueError(f"samples of ρ* must have last axis D = {fe.dim}, got shape {pool.shape}")
+    finite("samples", pool)
     if n_r and n_g and log_normalizer is None:
         log_normalizer = gibbs_log_normalizer(fe, k_z, output, samples=pool).log_z
     log_z_value = 0.0 if log_normalizer is None else float(log_normalizer)
