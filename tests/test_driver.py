@@ -15,7 +15,6 @@ import pytest
 
 import mfsde
 from mfsde.dynamics import ParticleSDE, drive
-import mfsde.dynamics._checkpoint as ck
 
 
 def _mean(t, y, args):
@@ -49,22 +48,6 @@ def small(neuron):
     return fe, fe.prior_sample(jax.random.key(1), 8)
 
 
-def _killed_then_resumed(run, path, monkeypatch, after: int):
-    real_save, calls = ck.CheckpointFile.save, []
-
-    def dying_save(*args):
-        real_save(*args)
-        calls.append(1)
-        if len(calls) == after:
-            raise KeyboardInterrupt("killed")
-
-    monkeypatch.setattr(ck.CheckpointFile, "save", dying_save)
-    with pytest.raises(KeyboardInterrupt):
-        run(path)
-    monkeypatch.setattr(ck.CheckpointFile, "save", real_save)
-    return run(path)
-
-
 def _assert_same(a, b, rtol=1e-12):
     np.testing.assert_allclose(a.ts, b.ts, rtol=rtol)
     np.testing.assert_allclose(a.particles, b.particles, rtol=rtol, atol=1e-12)
@@ -73,34 +56,13 @@ def _assert_same(a, b, rtol=1e-12):
         np.testing.assert_allclose(a.observables[k], b.observables[k], rtol=rtol, atol=1e-12, err_msg=k)
 
 
-def test_sgd_checkpoint_is_the_same_chain(small, tmp_path, monkeypatch):
+def test_sgd_checkpoint_is_the_same_chain(small, tmp_path):
+    # kills and resumes of every family: tests/test_faults.py
     fe, p0 = small
     kw = dict(batch_size=5, save_every=5)
     plain = mfsde.sgd(fe, jax.random.key(4), p0, num_steps=30, step_size=0.05, **kw)
-    resumed = _killed_then_resumed(
-        lambda path: mfsde.sgd(fe, jax.random.key(4), p0, num_steps=30, step_size=0.05, checkpoint_every=10, checkpoint_path=path, **kw),
-        tmp_path / "sgd.npz", monkeypatch, after=2)
-    _assert_same(resumed, plain)
+    checkpointed = mfsde.sgd(fe, jax.random.key(4), p0, num_steps=30, step_size=0.05, checkpoint_every=10,
+                             checkpoint_path=tmp_path / "sgd.npz", **kw)
+    _assert_same(checkpointed, plain)
     with pytest.raises(ValueError, match="different run.*step_size"):
         mfsde.sgd(fe, jax.random.key(4), p0, num_steps=30, step_size=0.1, checkpoint_every=10, checkpoint_path=tmp_path / "sgd.npz", **kw)
-
-
-# the greedy SDE runs the same unit-interval path with a key-independent drift; the bridge
-# covers it and the key-dependent one
-@pytest.mark.parametrize("family", ["schrodinger_bridge"])
-def test_tzen_raginsky_checkpoints_resume(small, tmp_path, monkeypatch, family):
-    fe, p0 = small
-    pool = fe.prior_sample(jax.random.key(2), 16)
-
-    def run(path, key=jax.random.key(6)):
-        if family == "mckean_vlasov":
-            return mfsde.mckean_vlasov(fe, key, 8, dt0=0.25, checkpoint_every=2, checkpoint_path=path)
-        return mfsde.schrodinger_bridge(fe, fe.output(p0), key, 8, dt0=0.25, num_inner=4, samples=pool,
-                                        log_normalizer=0.0, checkpoint_every=2, checkpoint_path=path)
-
-    full = run(tmp_path / "full.npz")
-    resumed = _killed_then_resumed(run, tmp_path / "run.npz", monkeypatch, after=1)
-    _assert_same(resumed, full)
-    assert np.all(np.isfinite(full.observables["total_cost"]))
-    with pytest.raises(ValueError, match="different run.*key"):
-        run(tmp_path / "run.npz", jax.random.key(7))

@@ -87,7 +87,7 @@ def _unit(spec, rule=None):
     return unit
 
 
-@settings(max_examples=10, deadline=None, derandomize=True, database=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=8, deadline=None, derandomize=True, database=None, suppress_health_check=[HealthCheck.too_slow])
 @given(spec=sites)
 def test_valid_units_trace_and_round_trip(spec):
     unit = mfsde.UnitModel(_unit(spec), X)

@@ -62,8 +62,8 @@ def _series(values, ts) -> tuple[np.ndarray, np.ndarray]:
     v = np.asarray(values, np.float64)
     v = v[None] if v.ndim == 1 else v
     ts = np.asarray(ts, np.float64)
-    if ts.ndim != 1 or ts.size < 2 or not np.all(np.diff(ts) > 0):
-        raise ValueError(f"ts must be increasing save times, shape (T,) with T >= 2, got shape {ts.shape}")
+    if ts.ndim != 1 or ts.size < 1 or not np.all(np.diff(ts) > 0):
+        raise ValueError(f"ts must be increasing save times, shape (T,), got {ts.shape}")
     if v.ndim != 2 or v.shape[1] != ts.size:
         raise ValueError(f"values must have shape (T,) or (chains, T) with T = {ts.size} saves as in ts, "
                          f"got {np.shape(values)}")
