@@ -126,7 +126,8 @@ def scripts(request, tmp_path_factory):
         runner.start([str(script)])
     for args in (["bench/langevin.py", "--smoke", "--json", str(runner.runs / "bench.json")],
                  ["bench/diagnostics.py", "--smoke"], ["bench/tzen_raginsky.py", "--smoke"],
-                 ["bench/fixed_point.py", "--smoke"], ["bench/sgd.py", "--smoke"], ["bench/validation.py", "--smoke"]):
+                 ["bench/fixed_point.py", "--smoke"], ["bench/sgd.py", "--smoke"], ["bench/validation.py", "--smoke"],
+                 ["bench/robustness.py", "--smoke"]):
         runner.start(args)
     yield runner
     runner.close()

@@ -69,3 +69,9 @@ def test_validation_bench_smoke(scripts):
     res = scripts.run(["bench/validation.py", "--smoke"])
     assert res.returncode == 0, res.stdout + res.stderr
     assert "ESS/s" in res.stdout and "LM/Euler" in res.stdout
+
+
+def test_robustness_bench_smoke(scripts):
+    res = scripts.run(["bench/robustness.py", "--smoke"])
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "UnitModel trace" in res.stdout and "DivergenceError" in res.stdout and "memory check" in res.stdout
