@@ -120,7 +120,8 @@ def main():
                                                                             segments=50)
     res = {}
     res["trace_neuron_s"] = _run(TRACE_NEURON)
-    res["trace_constrained_s"] = _run(TRACE_CONSTRAINED)
+    # at smoke size only that each measurement runs: the costly ones once
+    res["trace_constrained_s"] = float("nan") if a.smoke else _run(TRACE_CONSTRAINED)
     print(f"UnitModel trace (cold): planted neuron {res['trace_neuron_s']:.2f} s, "
           f"LKJ+Dirichlet+Beta+HalfNormal unit {res['trace_constrained_s']:.2f} s")
     body = CHECKPOINTED.format(**size)
@@ -130,7 +131,7 @@ def main():
           f"{size['segments']} checkpoint segments {res['checkpointed_s']:.2f} s "
           f"(x{res['checkpointed_s'] / res['plain_s']:.2f}, compile included)")
     res["divergence_raise_s"] = _run(DIVERGING, "raise")
-    res["divergence_jit_s"] = _run(DIVERGING, "jit")
+    res["divergence_jit_s"] = float("nan") if a.smoke else _run(DIVERGING, "jit")
     print(f"diverging run (linear unit, inputs x10, dt0 = 0.5): to DivergenceError {res['divergence_raise_s']:.2f} s, "
           f"the same run under jit (stops, no report) {res['divergence_jit_s']:.2f} s")
     res["memory_check_us"] = _run(MEMORY_CHECK)

@@ -42,6 +42,17 @@ def neuron():
     return mfsde.load_model(ROOT / "models" / "single_neuron.py")
 
 
+@pytest.fixture(scope="session")
+def small(neuron):
+    """The planted tanh neuron at P = 20, d = 2, β = 20, and 8 prior particles: a problem
+    that compiles fast, for tests of behaviour rather than statistics."""
+    import mfsde
+
+    x, y = neuron.make_data(jax.random.key(0), num_data=20, dim=2)
+    fe = mfsde.FreeEnergy(neuron.unit, x, y, beta=20.0)
+    return fe, fe.prior_sample(jax.random.key(1), 8)
+
+
 class ScriptRunner:
     """Runs the demo, tutorials and benchmarks at smoke size in fresh float32 processes.
 

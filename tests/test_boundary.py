@@ -12,13 +12,6 @@ import pytest
 import mfsde
 
 
-@pytest.fixture(scope="module")
-def small(neuron):
-    x, y = neuron.make_data(jax.random.key(0), num_data=20, dim=2)
-    fe = mfsde.FreeEnergy(neuron.unit, x, y, beta=20.0)
-    return fe, fe.prior_sample(jax.random.key(1), 8), x, y
-
-
 def _cases(fe, p0, x, y):
     k = jax.random.key(0)
     nan = p0.at[0, 0].set(jnp.nan)
@@ -122,7 +115,8 @@ def _cases(fe, p0, x, y):
 
 
 def test_bad_inputs_name_their_argument(small):
-    cases = _cases(*small)
+    fe, p0 = small
+    cases = _cases(fe, p0, fe.x, fe.y)
     for name, call, error, argument in cases:
         with pytest.raises(error) as info:
             call()

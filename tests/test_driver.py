@@ -41,13 +41,6 @@ def test_jumps_between_steps_follow_the_product_formula():
               ts=t0 + h * np.array([0, 1]))
 
 
-@pytest.fixture(scope="module")
-def small(neuron):
-    x, y = neuron.make_data(jax.random.key(0), num_data=20, dim=2)
-    fe = mfsde.FreeEnergy(neuron.unit, x, y, beta=20.0)
-    return fe, fe.prior_sample(jax.random.key(1), 8)
-
-
 def _assert_same(a, b, rtol=1e-12):
     np.testing.assert_allclose(a.ts, b.ts, rtol=rtol)
     np.testing.assert_allclose(a.particles, b.particles, rtol=rtol, atol=1e-12)

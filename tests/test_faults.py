@@ -6,7 +6,7 @@ run. The runs have more segments than kills, so each of the first 20 checkpoint 
 killed, in one of four places drawn at random (fixed seed): before the write (the segment's work is lost and redone), half-way through writing
 the temporary file, after it is written but before it replaces the old one, or just after.
 The first three must leave the previous checkpoint as it was. One run is also killed for
-real (SIGKILL of a subprocess, after its first checkpoint) and resumed here.
+real (a subprocess SIGKILLs itself after its 37th checkpoint write) and resumed here.
 """
 
 import errno
@@ -15,7 +15,6 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 
 import jax
 import numpy as np
@@ -26,13 +25,6 @@ import mfsde.dynamics._checkpoint as ck
 
 KILLS = 20
 PHASES = ("before", "writing", "before_rename", "after")
-
-
-@pytest.fixture(scope="module")
-def small(neuron):
-    x, y = neuron.make_data(jax.random.key(0), num_data=20, dim=2)
-    fe = mfsde.FreeEnergy(neuron.unit, x, y, beta=20.0)
-    return fe, fe.prior_sample(jax.random.key(1), 8)
 
 
 def _runs(fe, p0):
@@ -62,7 +54,7 @@ def _identical(a, b):
 
 
 @pytest.mark.parametrize("family", ["langevin", "sgd", "mckean_vlasov", "schrodinger_bridge"])
-def test_twenty_kills_resume_bit_identical(small, tmp_path, monkeypatch, family):
+def test_twenty_kills_resume_bit_identical(small, tmp_path, monkeypatch, family, real_kill):
     run = _runs(*small)[family]
     reference = run(tmp_path / "reference.npz")
     path = tmp_path / "run.npz"
@@ -112,31 +104,51 @@ def test_twenty_kills_resume_bit_identical(small, tmp_path, monkeypatch, family)
     _identical(result, reference)
 
 
-def test_a_real_kill_resumes_bit_identical(small, tmp_path, root):
-    fe, p0 = small
-    path = tmp_path / "run.npz"
-    # 100 one-step segments (each written and fsynced): still running when the first appears
-    kw = dict(t1=1.0, dt0=0.01, checkpoint_every=1, diagnostics=False)
+REAL_KW = dict(t1=1.0, dt0=0.01, checkpoint_every=1, diagnostics=False)
+REAL_KILL_AT = 37  # of the run's 100 checkpoint writes
+
+
+@pytest.fixture(scope="module")
+def real_kill(root, tmp_path_factory):
+    """A subprocess running a checkpointed Langevin run that SIGKILLs itself (no cleanup, no
+    exception handlers) right after its 37th checkpoint write; started when the module's
+    first test asks for it, so that it runs beside the in-process tests."""
+    path = tmp_path_factory.mktemp("real_kill") / "run.npz"
     script = textwrap.dedent(f"""
-        import jax, mfsde
+        import os, signal, jax, mfsde
+        import mfsde.dynamics._checkpoint as ck
         jax.config.update("jax_enable_x64", True)
+        real, calls = ck.CheckpointFile.save, []
+
+        def save(self, *args):
+            real(self, *args)
+            calls.append(1)
+            if len(calls) == {REAL_KILL_AT}:
+                os.kill(os.getpid(), signal.SIGKILL)
+
+        ck.CheckpointFile.save = save
         m = mfsde.load_model({str(root / "models" / "single_neuron.py")!r})
         x, y = m.make_data(jax.random.key(0), num_data=20, dim=2)
         fe = mfsde.FreeEnergy(m.unit, x, y, beta=20.0)
         mfsde.langevin(fe, jax.random.key(7), fe.prior_sample(jax.random.key(1), 8), checkpoint_path={str(path)!r},
-                       **{kw!r})
+                       **{REAL_KW!r})
     """)
-    proc = subprocess.Popen([sys.executable, "-c", script], env=dict(os.environ, JAX_PLATFORMS="cpu"))
-    deadline = time.time() + 120
-    while not path.exists() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.01)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    proc = subprocess.Popen([sys.executable, "-c", script], env=dict(os.environ, JAX_PLATFORMS="cpu"),
+                            stderr=subprocess.PIPE)
+    yield proc, path
+    if proc.poll() is None:
+        proc.kill()
+
+
+def test_a_real_kill_resumes_bit_identical(small, tmp_path, real_kill):
+    fe, p0 = small
+    proc, path = real_kill
+    proc.wait(timeout=300)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr.read()
     with np.load(path) as f:
-        done = int(f["next_segment"])
-    assert 1 <= done < 100, "the subprocess must die part-way"
-    resumed = mfsde.langevin(fe, jax.random.key(7), p0, checkpoint_path=path, **kw)
-    _identical(resumed, mfsde.langevin(fe, jax.random.key(7), p0, checkpoint_path=tmp_path / "ref.npz", **kw))
+        assert int(f["next_segment"]) == REAL_KILL_AT
+    resumed = mfsde.langevin(fe, jax.random.key(7), p0, checkpoint_path=path, **REAL_KW)
+    _identical(resumed, mfsde.langevin(fe, jax.random.key(7), p0, checkpoint_path=tmp_path / "ref.npz", **REAL_KW))
 
 
 def test_bad_files_are_refused_and_the_good_one_kept(small, tmp_path, monkeypatch):

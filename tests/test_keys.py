@@ -13,13 +13,6 @@ import pytest
 import mfsde
 
 
-@pytest.fixture(scope="module")
-def small(neuron):
-    x, y = neuron.make_data(jax.random.key(0), num_data=20, dim=2)
-    fe = mfsde.FreeEnergy(neuron.unit, x, y, beta=20.0)
-    return fe, fe.prior_sample(jax.random.key(1), 8)
-
-
 def _families(fe, p0):
     output = fe.output(p0)
     pool = fe.prior_sample(jax.random.key(2), 16)

@@ -19,7 +19,8 @@ import numpy as np
 
 __all__ = ["CheckpointFile", "data_fingerprint", "key_data"]
 
-_FORMAT = "mfsde-checkpoint-1"
+# 2: diffrax segments are solved on their own clock [0, (b − a) dt0] (format 1: on [t0 + a dt0, t0 + b dt0])
+_FORMAT = "mfsde-checkpoint-2"
 
 
 def key_data(key) -> list:
