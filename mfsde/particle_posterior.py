@@ -123,8 +123,7 @@ def sample_particle_posterior(fe: FreeEnergy, key: PRNGKeyArray, num_particles: 
     check_kernel(kernel)
     for name, v in (("num_particles", num_particles), ("num_chains", num_chains), ("num_warmup", num_warmup),
                     ("num_samples", num_samples), ("thinning", thinning)):
-        if not isinstance(v, (int, float)) or int(v) != v or v < 1:
-            raise ValueError(f"{name} must be a positive integer, got {v!r}")
+        positive_int(name, v)
     n, d = int(num_particles), fe.dim
     key, k0 = jax.random.split(single_key(key, replicates="its replicates are its num_chains chains, drawn from one key"))
     if init is None:

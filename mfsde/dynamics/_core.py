@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 import dataclasses
+from typing import NamedTuple
 
 import diffrax
 import equinox as eqx
@@ -548,10 +549,25 @@ def drive(sde, key, y0: Float[Array, "n d"], *, t0: float, t1: float, dt0: float
         traj = _replicates(sde_of, key, y0, args, ts, batched, **kwargs)
     traj = traj._replace(info=traj.info + tuple(info) + _start_info(y0, batched, jumps))
     if checkpoint_every is None:
-        replay = dict(sde_of=sde_of, key=key, y=y0, args=args, batched=batched, jumps=jumps, kwargs=kwargs,
-                      run_t0=float(t0))
+        replay = _Span(sde_of, key, y0, args, batched, jumps, kwargs, float(t0))
         _raise_if_diverged(traj, replay, float(t0), float(dt0), stability_hint, state_columns)
     return traj
+
+
+class _Span(NamedTuple):
+    """What replays a diverged run: its terms ``sde_of``, keys, start state ``y`` and ``args``
+    of the span that diverged (the run, or one checkpoint segment), that span's solve
+    options, the run's t0 and the span's clock offset (a segment runs on [0, (b − a) dt0])."""
+
+    sde_of: Callable
+    key: Array
+    y: Array
+    args: Array
+    batched: bool
+    jumps: bool
+    kwargs: dict
+    run_t0: float
+    offset: float = 0.0
 
 
 class _SaveTime(eqx.Module):
@@ -560,13 +576,11 @@ class _SaveTime(eqx.Module):
         return {"t": t}
 
 
-def _raise_if_diverged(traj: Trajectory, replay: dict | None, t0: float, dt0: float, hint, columns=None,
+def _raise_if_diverged(traj: Trajectory, replay: _Span, t0: float, dt0: float, hint, columns=None,
                        kept: str = "") -> None:
     """``DivergenceError`` if the (concrete) trajectory stopped at a non-finite state.
 
-    ``replay`` (``sde_of``, ``key``, ``y`` and ``args`` at the start of the span that diverged,
-    ``batched``, ``jumps`` and that span's solve options) finds the last finite state of the
-    diverged replicate: a jump chain's engine stopped there; a diffrax run is solved again
+    ``replay`` (``_Span``) finds the last finite state of the diverged replicate: a jump chain's engine stopped there; a diffrax run is solved again
     with the same steps and draws up to one step before the divergence (``stop_at``). There
     the drift and noise are evaluated to say which went non-finite first; ``hint(Θ_last)``
     says how the step compares with the drift's curvature.
@@ -582,15 +596,14 @@ def _raise_if_diverged(traj: Trajectory, replay: dict | None, t0: float, dt0: fl
     step = int(round((t - t0) / dt0))
     keep = np.asarray(traj.ts) < t
     y_bad = traj.particles[r] if at.size > 1 and traj.particles.ndim == 3 else traj.particles
-    offset = replay.get("offset", 0.0) if replay else 0.0
-    sde, args, t_last, y_last, y_bad = (_last_finite_state(replay, r, t - offset, y_bad) if replay
-                                        else (None, None, t, None, y_bad))
-    quantity, cols, what = _what_went_nonfinite(sde, args, t_last, y_last, y_bad, columns, offset)
+    sde, args, t_last, y_last, y_bad = _last_finite_state(replay, r, t - replay.offset, y_bad)
+    quantity, cols, what, models_fault = _what_went_nonfinite(sde, args, t_last, y_last, y_bad, columns,
+                                                              replay.offset)
     last = traj.particles if y_last is None else y_last
     partial = traj._replace(ts=traj.ts[keep], observables={k: v[..., keep] for k, v in traj.observables.items()},
                             particles=last)
     who = f" in replicate {r}" if at.size > 1 else ""
-    if quantity == "drift" and y_last is not None and float(jnp.max(jnp.abs(y_last))) <= _overflow_scale(y_last.dtype):
+    if models_fault:
         advice = "Check the unit and the prior where the particles were (the error's .trajectory.particles)."
     elif hint is not None:
         advice = hint(y_last)
@@ -602,25 +615,25 @@ def _raise_if_diverged(traj: Trajectory, replay: dict | None, t0: float, dt0: fl
                           quantity, cols)
 
 
-def _last_finite_state(replay: dict, r: int, t_bad: float, y_bad):
+def _last_finite_state(replay: _Span, r: int, t_bad: float, y_bad):
     """(sde, args, t_last, Θ_last, Θ_bad) of replicate r, which went non-finite at t_bad
     (both times in the sde's own time)."""
-    batched = replay["batched"]
-    key = replay["key"][r] if batched else replay["key"]
-    y, args = replay["y"], replay["args"]
+    batched = replay.batched
+    key = replay.key[r] if batched else replay.key
+    y, args = replay.y, replay.args
     y = y[r] if batched and y.ndim == 3 else y
     args = args[r] if batched and args is not None and args.ndim == 3 else args
-    kw = replay["kwargs"]
-    sde, noise_key = replay["sde_of"](key)[:2]
+    kw = replay.kwargs
+    sde, noise_key = replay.sde_of(key)[:2]
     t0, t1, dt0 = kw["t0"], kw["t1"], kw["dt0"]
-    if replay["jumps"]:
+    if replay.jumps:
         # the engine stopped at the last finite state; one jump interval from it is the bad one
         every = sde.jump_every
-        k = int(round((t_bad - replay["run_t0"]) / dt0)) - every
+        k = int(round((t_bad - replay.run_t0) / dt0)) - every
         y_last = y_bad
         y_bad, _ = _jump_block(sde, kw["solver"], _SaveTime(), key, y_last, args, jnp.asarray(k), every,
-                               replay["run_t0"], dt0, False)
-        return sde, args, replay["run_t0"] + k * dt0, y_last, y_bad
+                               replay.run_t0, dt0, False)
+        return sde, args, replay.run_t0 + k * dt0, y_last, y_bad
     controller = kw.get("stepsize_controller")
     if controller is not None and not isinstance(controller, diffrax.ConstantStepSize):
         return sde, args, t_bad, None, y_bad  # adaptive steps: the step before is not known
@@ -639,8 +652,9 @@ def _overflow_scale(dtype) -> float:
 
 
 def _what_went_nonfinite(sde, args, t_last, y_last, y_bad, columns, offset: float = 0.0
-                         ) -> tuple[str, tuple[str, ...], str]:
-    """(quantity, the column groups that went non-finite, a sentence saying so).
+                         ) -> tuple[str, tuple[str, ...], str, bool]:
+    """(quantity, the column groups that went non-finite, a sentence saying so, whether the
+    model rather than the step is at fault: its drift is undefined at an ordinary state).
 
     At the last finite state Θ_last: a non-finite drift b(t, Θ_last) is the model's
     (its unit, gradient or prior overflows or is undefined there, whatever the step); a
@@ -660,13 +674,13 @@ def _what_went_nonfinite(sde, args, t_last, y_last, y_bad, columns, offset: floa
             names.append(name)
         start += width
     where = f"Non-finite first: {', '.join(names)} of {bad_rows} of {n} particles."
-    if y_last is None or sde is None:
-        return "step", tuple(names), where
+    if y_last is None:
+        return "step", tuple(names), where, False
     y_last = jnp.asarray(y_last)
     size = float(jnp.max(jnp.abs(y_last)))
     if sde.drift is None:
         return "jump", tuple(names), (f"{where} A finite state at t = {t_last:.6g} (max |Θ| = {size:.3g}) went "
-                                      "non-finite in one jump (the chain's update): an unstable step.")
+                                      "non-finite in one jump (the chain's update): an unstable step."), False
     drift = np.asarray(sde.drift(t_sde, y_last, args))
     bad_drift = int(np.sum(~np.all(np.isfinite(drift), axis=-1)))
     if bad_drift:
@@ -674,14 +688,14 @@ def _what_went_nonfinite(sde, args, t_last, y_last, y_bad, columns, offset: floa
                 f"{size:.3g}) it is non-finite for {bad_drift} of {n} particles")
         if size > _overflow_scale(y_last.dtype):
             return "drift", tuple(names), (f"{said}, where the state had grown too large to evaluate it: "
-                                           "unstable steps blew the state up until the drift overflowed.")
+                                           "unstable steps blew the state up until the drift overflowed."), False
         return "drift", tuple(names), (f"{said}, at a state of ordinary size: the unit, its gradient or the "
-                                       "prior's log-density overflows or is undefined there, whatever the step.")
+                                       "prior's log-density overflows or is undefined there, whatever the step."), True
     if sde.noise_scale is not None and not np.all(np.isfinite(np.asarray(sde.noise_scale(t_sde)))):
-        return "noise", tuple(names), f"{where} The noise scale g(t) is non-finite at t = {t_last:.6g}."
+        return "noise", tuple(names), f"{where} The noise scale g(t) is non-finite at t = {t_last:.6g}.", False
     return "step", tuple(names), (f"{where} The drift and noise are finite at the last finite state (t = "
                                   f"{t_last:.6g}, max |Θ| = {size:.3g}, max |drift| = {np.max(np.abs(drift)):.3g}), so "
-                                  "one step of the scheme took them to non-finite values: an unstable step.")
+                                  "one step of the scheme took them to non-finite values: an unstable step."), False
 
 
 def _run_jumps(sde_of, key, y0, args, ts, batched, *, t0, t1, dt0, solver, observables, progress,
@@ -760,10 +774,8 @@ def _segmented(sde_of, key, y0, args, ts, batched, jumps, every, path, fingerpri
             done = {k: jnp.asarray(np.moveaxis(np.stack(v), 0, axis)) for k, v in obs.items() if v}
             n_rows = len(next(iter(obs.values()))) if obs else 0
             so_far = traj._replace(ts=jnp.asarray(t0 + ks[:n_rows] * dt0, y0.dtype), observables=done)
-            replay = dict(sde_of=sde_of, key=key, y=y, args=args, batched=batched, jumps=True, run_t0=t0,
-                          kwargs=dict(kwargs, t0=t0, t1=t1, dt0=dt0)) if jumps else \
-                dict(sde_of=seg_sde, key=key, y=y, args=args, batched=batched, jumps=False, run_t0=t0,
-                     kwargs=seg_kwargs, offset=t0 + a * dt0)
+            replay = _Span(sde_of, key, y, args, batched, True, dict(kwargs, t0=t0, t1=t1, dt0=dt0), t0) if jumps \
+                else _Span(seg_sde, key, y, args, batched, False, seg_kwargs, t0, t0 + a * dt0)
             _raise_if_diverged(so_far, replay, t0, dt0, stability_hint, state_columns,
                                f"; the checkpoint {path} keeps the state after segment {s} (step {a})")
         y = traj.particles

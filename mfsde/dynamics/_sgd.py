@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float, PRNGKeyArray
 
-from .._checks import finite
+from .._checks import finite, positive_int, positive_number
 from ..diagnostics._moments import LawMoments
 from ..free_energy import FreeEnergy
 from ..particle_posterior import stein_residual
@@ -152,11 +152,8 @@ def sgd(fe: FreeEnergy, key: PRNGKeyArray, particles0: Float[Array, "n d"], *, n
     else:
         particles0 = fe._check_particles(particles0).astype(fe.x.dtype)
     finite("particles0", particles0)
-    if int(num_steps) != num_steps or num_steps < 1:
-        raise ValueError(f"num_steps must be a positive integer, got {num_steps!r}")
-    num_steps = int(num_steps)
-    if not (math.isfinite(step_size) and step_size > 0):
-        raise ValueError(f"step_size must be a positive number, got {step_size!r}")
+    num_steps = positive_int("num_steps", num_steps)
+    positive_number("step_size", step_size)
     if batch_size is not None and (int(batch_size) != batch_size or batch_size < 1):
         raise ValueError(f"batch_size must be a positive integer or None, got {batch_size!r}")
     sampler = fe.sampler if sampler is None else sampler
@@ -168,9 +165,7 @@ def sgd(fe: FreeEnergy, key: PRNGKeyArray, particles0: Float[Array, "n d"], *, n
     prior_drift = noise if prior_drift is None else bool(prior_drift)
     if (noise or prior_drift) and math.isinf(fe.beta):
         raise ValueError("noise and the prior drift need a finite beta")
-    every = max(1, num_steps // 100) if save_every is None else int(save_every)
-    if every < 1:
-        raise ValueError(f"save_every must be a positive integer, got {save_every!r}")
+    every = max(1, num_steps // 100) if save_every is None else positive_int("save_every", save_every)
     step = SGDStep(fe, float(step_size), None if batch_size is None else int(batch_size), noise, prior_drift,
                    _unit_schedule if schedule is None else schedule, sampler)
     # the Stein residual is zero-mean under p_N, the law noisy full-drift SGD approximates

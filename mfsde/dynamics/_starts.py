@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float, PRNGKeyArray
 
+from .._checks import positive_int
 from .._keys import single_key
 from ..free_energy import FreeEnergy
 
@@ -31,10 +32,8 @@ def overdispersed_starts(fe: FreeEnergy, key: PRNGKeyArray, num_replicates: int,
     cannot. Pass the result as ``particles0`` with a batch of R keys to ``mfsde.langevin``.
     """
 
-    if int(num_replicates) != num_replicates or num_replicates < 1:
-        raise ValueError(f"num_replicates must be a positive integer, got {num_replicates!r}")
-    if int(num_particles) != num_particles or num_particles < 1:
-        raise ValueError(f"num_particles must be a positive integer, got {num_particles!r}")
+    positive_int("num_replicates", num_replicates)
+    positive_int("num_particles", num_particles)
     if not (isinstance(spread, (int, float)) and math.isfinite(spread) and spread >= 1.0):
         raise ValueError(f"spread must be a number >= 1, got {spread!r}")
     r = int(num_replicates)

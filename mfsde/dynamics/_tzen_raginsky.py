@@ -39,7 +39,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float, PRNGKeyArray
 
-from .._checks import finite
+from .._checks import finite, positive_int
 from ..free_energy import FreeEnergy
 from .._memory import particle_run_bytes
 from ._checkpoint import array_digest, data_fingerprint
@@ -223,8 +223,7 @@ def _solve_on_unit_interval(fe, sde_of, observables, key, num_particles, dt0, ts
     """``drive`` on t ∈ [0, 1] from W_0 = m with the cost column c_0 = 0, state (N, D + 1);
     ``sde_of(key) -> (drift, noise key)`` (the bridge's drift depends on the replicate's
     key) and ``observables(drift)``."""
-    if not (isinstance(num_particles, (int, np.integer)) and num_particles >= 1):
-        raise ValueError(f"num_particles must be a positive integer, got {num_particles!r}")
+    positive_int("num_particles", num_particles)
     steps = time_grid(float(dt0), grid)
     if ts is None:
         n = len(steps) - 1
