@@ -11,6 +11,8 @@ Prints, each measured in a fresh subprocess (cold compile caches, as a user's fi
   step where it diverged with the detector's first check alone (``jit``: no raise);
 - the memory check before a run (``check_run_fits``), microseconds per call.
 
+``--smoke`` runs every measurement at tiny size in this one process (only that they run).
+
 The detector's cost on a clean run is measured by bench/langevin.py (old tree vs new).
 
 Usage: python bench/robustness.py [--smoke] [--json PATH] [--allow-missing]
@@ -19,6 +21,8 @@ Usage: python bench/robustness.py [--smoke] [--json PATH] [--allow-missing]
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import json
 import pathlib
 import subprocess
@@ -102,6 +106,15 @@ print(json.dumps((time.perf_counter() - t) / 1000 * 1e6))
 
 def _run(body: str, *args: str) -> float:
     code = textwrap.dedent(PRELUDE) + textwrap.dedent(body)
+    if "--smoke" in sys.argv:  # at smoke size only that it runs: in this process, warm caches and all
+        out, argv = io.StringIO(), sys.argv
+        sys.argv = ["-c", *args]
+        try:
+            with contextlib.redirect_stdout(out):
+                exec(code, {"__name__": "__bench__"})
+        finally:
+            sys.argv = argv
+        return float(json.loads(out.getvalue().strip().splitlines()[-1]))
     out = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, cwd=ROOT)
     if out.returncode:
         if "--allow-missing" in sys.argv:  # an older tree without the feature measured

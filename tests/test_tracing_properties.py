@@ -90,7 +90,7 @@ def _unit(spec, rule=None):
 # every kind at least once, whatever hypothesis draws
 @example(spec=[("lkj", (2,), 3), ("dirichlet", (), 3), ("beta", (2,), 3)])
 @example(spec=[("halfnormal", (), 3), ("lognormal", (2,), 3), ("normal", (2,), 3)])
-@settings(max_examples=4, deadline=None, derandomize=True, database=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=3, deadline=None, derandomize=True, database=None, suppress_health_check=[HealthCheck.too_slow])
 @given(spec=sites)
 def test_valid_units_trace_and_round_trip(spec):
     unit = mfsde.UnitModel(_unit(spec), X)
@@ -109,7 +109,7 @@ def test_valid_units_trace_and_round_trip(spec):
     assert np.all(np.isfinite(np.asarray(logp)))
 
 
-@settings(max_examples=8, deadline=None, derandomize=True, database=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=7, deadline=None, derandomize=True, database=None, suppress_health_check=[HealthCheck.too_slow])
 @given(spec=sites, rule=st.sampled_from(sorted(RULES)))
 def test_units_breaking_one_rule_get_its_error(spec, rule):
     with pytest.raises(ValueError, match=RULES[rule]):
