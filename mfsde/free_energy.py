@@ -261,6 +261,35 @@ class FreeEnergy(eqx.Module):
         g, f = jax.lax.scan(body, jnp.zeros_like(particles), (xc, yc, wc))
         return g, f.reshape(-1)[:p]
 
+    def potentials_grads_and_output(self, particles: Float[Array, "n d"] | Particles
+                                    ) -> tuple[Float[Array, " n"], Float[Array, "n d"], Float[Array, " p"]]:
+        """(Ψ(θ_i; ρ), ∇Ψ(θ_i; ρ), f_ρ) at every particle of ρ = Σ_i w_i δ_{θ_i}, from one
+        forward pass and one vjp per data chunk (as ``grad_potential_and_output``):
+        Ψ(θ_i) = (1/P) Σ_p r_p σ(x_p; θ_i) is the row sum of the features against the same
+        cotangent r/P, so the potentials cost O(N · chunk) on top. What reweighting and
+        birth–death dynamics need: the rate V(θ_i) − V̄ and the transport −∇V together."""
+        particles, w = self._measure(particles)
+        p = self.num_data
+
+        def chunk(xb, yb, wb):
+            feats, vjp = jax.vjp(lambda th: self.features(th, xb), particles)
+            f = weighted_mean(feats, w)
+            r = (f - yb) * (wb / p)
+            return feats @ r, vjp(jnp.broadcast_to(r, feats.shape))[0], f
+
+        xc, yc, wc = self._chunked(particles.shape[0], self.x, self.y)
+        if xc.shape[0] == 1:
+            v, g, f = chunk(xc[0], yc[0], wc[0])
+            return v, g, f[:p]
+
+        def body(acc, batch):
+            dv, dg, f = chunk(*batch)
+            return (acc[0] + dv, acc[1] + dg), f
+
+        init = (jnp.zeros(particles.shape[0], particles.dtype), jnp.zeros_like(particles))
+        (v, g), f = jax.lax.scan(body, init, (xc, yc, wc))
+        return v, g, f.reshape(-1)[:p]
+
     def potential_and_grad(self, thetas: Float[Array, "m d"], particles_or_output: Array
                            ) -> tuple[Float[Array, " m"], Float[Array, "m d"]]:
         """(Ψ(v_j; ρ), ∇Ψ(v_j; ρ)) at M points v_j for a frozen ρ (particles or f_ρ), chunked.

@@ -133,12 +133,13 @@ def scripts(request, tmp_path_factory):
         yield runner  # started on demand, e.g. when one script test is selected
         return
     runner.start(["scripts/demo.py"])
+    runner.start(["tests/scripts/rotskoff_notebook.py"])
     for script in sorted((ROOT / "tutorials").glob("*.py")):
         runner.start([str(script)])
     for args in (["bench/langevin.py", "--smoke", "--json", str(runner.runs / "bench.json")],
                  ["bench/diagnostics.py", "--smoke"], ["bench/tzen_raginsky.py", "--smoke"],
                  ["bench/fixed_point.py", "--smoke"], ["bench/sgd.py", "--smoke"], ["bench/validation.py", "--smoke"],
-                 ["bench/robustness.py", "--smoke"]):
+                 ["bench/robustness.py", "--smoke"], ["bench/wfr.py", "--smoke"]):
         runner.start(args)
     yield runner
     runner.close()

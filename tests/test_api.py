@@ -59,6 +59,8 @@ def _table(fe, p0, pool, traj, idata):
         "sgd": Entry(lambda k, p: mfsde.sgd(fe, k, p, num_steps=6, step_size=0.05, batch_size=5, save_every=3),
                      keys=True, idata=True),
         "mckean_vlasov": Entry(lambda k, p: mfsde.mckean_vlasov(fe, k, 8, dt0=0.25), keys=True, idata=True),
+        "wfr": Entry(lambda k, p: mfsde.wfr(fe, k, p, t1=0.5, dt0=0.25, alpha=1.0, birth_death="clone"), keys=True,
+                     idata=True),
         "schrodinger_bridge": Entry(
             lambda k, p: mfsde.schrodinger_bridge(fe, fe.output(p0), k, 8, dt0=0.25, num_inner=4, samples=pool,
                                                   log_normalizer=0.0), keys=True, idata=True),
@@ -121,7 +123,7 @@ def test_every_public_name_is_walked(setup):
             assert reason in (True, None) or (isinstance(reason, str) and len(reason) > 10), name
 
 
-_CALLED = [n for n in ("langevin", "sgd", "mckean_vlasov", "schrodinger_bridge", "sample_gibbs", "sample_fixed_point",
+_CALLED = [n for n in ("langevin", "sgd", "wfr", "mckean_vlasov", "schrodinger_bridge", "sample_gibbs", "sample_fixed_point",
                        "check_fixed_point", "sample_particle_posterior", "gibbs_log_normalizer", "stein_residual",
                        "particle_logdensity", "self_consistency", "overdispersed_starts", "max_curvature",
                        "kl_to_prior", "entropy_knn", "w2_gaussian", "w2_to_prior_bound", "w2", "w2_to_prior",

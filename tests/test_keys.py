@@ -23,10 +23,15 @@ def _families(fe, p0):
         # with the pool and log Z given, nothing is shared between replicates but the inputs
         "schrodinger_bridge": lambda k: mfsde.schrodinger_bridge(fe, output, k, 8, dt0=0.1, num_inner=4, samples=pool,
                                                                  log_normalizer=0.0),
+        "wfr": lambda k: mfsde.wfr(fe, k, p0, t1=1.0, dt0=0.1, alpha=2.0, birth_death="clone", diagnostics=False),
     }
 
 
-FAMILIES = ("langevin", "sgd", "mckean_vlasov", "schrodinger_bridge")
+def _theta(particles):
+    return getattr(particles, "theta", particles)
+
+
+FAMILIES = ("langevin", "sgd", "mckean_vlasov", "schrodinger_bridge", "wfr")
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -35,15 +40,15 @@ def test_batch_of_keys_gives_replicates(small, family):
     run = _families(fe, p0)[family]
     keys = jax.random.split(jax.random.key(5), 2)
     batch = run(keys)
-    assert batch.particles.shape == (2, 8, fe.dim)
+    assert _theta(batch.particles).shape == (2, 8, fe.dim)
     for r in range(2):
         single = run(keys[r])
-        np.testing.assert_allclose(batch.particles[r], single.particles, rtol=1e-10, atol=1e-12)
+        np.testing.assert_allclose(_theta(batch.particles)[r], _theta(single.particles), rtol=1e-10, atol=1e-12)
         for name, values in single.observables.items():
             np.testing.assert_allclose(batch.observables[name][r], values, rtol=1e-10, atol=1e-12, err_msg=name)
-    assert not np.allclose(batch.particles[0], batch.particles[1])
+    assert not np.allclose(_theta(batch.particles)[0], _theta(batch.particles)[1])
     raw = run(jax.random.key_data(keys))
-    np.testing.assert_array_equal(raw.particles, batch.particles)
+    np.testing.assert_array_equal(_theta(raw.particles), _theta(batch.particles))
     # (a single raw key equals its typed twin: tests/test_api.py, for every public function)
     idata = mfsde.to_inference_data(batch, fe)
     assert idata["posterior"].sizes["chain"] == 2 and idata["observables"].sizes["chain"] == 2

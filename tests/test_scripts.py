@@ -75,3 +75,9 @@ def test_robustness_bench_smoke(scripts):
     res = scripts.run(["bench/robustness.py", "--smoke"])
     assert res.returncode == 0, res.stdout + res.stderr
     assert "UnitModel trace" in res.stdout and "DivergenceError" in res.stdout and "memory check" in res.stdout
+
+
+def test_wfr_bench_smoke(scripts):
+    res = scripts.run(["bench/wfr.py", "--smoke"])
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "ratio to langevin" in res.stdout and "time to within" in res.stdout and "log-log slope" in res.stdout

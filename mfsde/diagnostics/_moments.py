@@ -25,6 +25,8 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float
 
+from ..particles import weighted_mean
+
 __all__ = ["LawMoments", "NUM_PROJECTIONS", "law_scales_per_run"]
 
 NUM_PROJECTIONS = 2
@@ -43,20 +45,22 @@ class LawMoments(eqx.Module):
         u = np.random.default_rng(0).standard_normal((unit.dim, NUM_PROJECTIONS))
         return cls(sites, jnp.asarray(u / np.linalg.norm(u, axis=0)))
 
-    def __call__(self, particles: Float[Array, "n d"]) -> dict[str, Array]:
+    def __call__(self, particles: Float[Array, "n d"], weights: Float[Array, " n"] | None = None
+                 ) -> dict[str, Array]:
+        """The moments of Σ_i w_i δ_{θ_i} (w_i = 1/N when ``weights`` is None)."""
         out = {}
         for name, idx in self.sites:
             block = particles[:, np.asarray(idx)]
-            mean = block.mean(0)
+            mean = weighted_mean(block, weights)
             if len(idx) == 1:
                 out[f"mean[{name}]"] = mean[0]
             else:
                 out[f"norm_of_mean[{name}]"] = jnp.sqrt(jnp.sum(mean**2))
-            out[f"mean_sq[{name}]"] = jnp.mean(jnp.sum(block**2, axis=1))
+            out[f"mean_sq[{name}]"] = weighted_mean(jnp.sum(block**2, axis=1), weights)
         proj = particles @ self.projections.astype(particles.dtype)
         for k in range(proj.shape[1]):
-            out[f"mean[proj {k}]"] = proj[:, k].mean()
-            out[f"mean_sq[proj {k}]"] = jnp.mean(proj[:, k] ** 2)
+            out[f"mean[proj {k}]"] = weighted_mean(proj[:, k], weights)
+            out[f"mean_sq[proj {k}]"] = weighted_mean(proj[:, k] ** 2, weights)
         return out
 
     def scales(self, particles: Float[Array, "n d"]) -> dict[str, Array]:

@@ -6,7 +6,9 @@ from ._sgd import SGDObservables, SGDStep, sgd
 from ._solver import LeimkuhlerMatthews
 from ._stability import max_curvature
 from ._starts import overdispersed_starts
+from ._wfr import Penalty, WFRObservables, WFRStep, birth_death_events, kde_logdensity, silverman_bandwidth, wfr
 from ._tzen_raginsky import BridgeDrift, GreedyDrift, gaussian_prior, mckean_vlasov, schrodinger_bridge, time_grid
 
 __all__ = ["DivergenceError", "ParticleSDE", "Trajectory", "solve", "drive", "SGDStep", "SGDObservables", "langevin", "LangevinDrift", "LangevinNoise", "ParticleObservables",
-           "LeimkuhlerMatthews", "overdispersed_starts", "max_curvature", "sgd", "mckean_vlasov", "schrodinger_bridge", "gaussian_prior", "time_grid", "GreedyDrift", "BridgeDrift"]
+           "LeimkuhlerMatthews", "overdispersed_starts", "max_curvature", "sgd", "mckean_vlasov", "schrodinger_bridge", "gaussian_prior", "time_grid", "GreedyDrift", "BridgeDrift",
+           "wfr", "WFRStep", "WFRObservables", "Penalty", "birth_death_events", "kde_logdensity", "silverman_bandwidth"]

@@ -33,6 +33,13 @@ _STEIN_SEED = 20131
 __all__ = ["langevin", "LangevinDrift", "ParticleObservables"]
 
 
+def stein_residual_at_step(fe: FreeEnergy, particles, t, step_size: float):
+    """``stein_residual`` of a chain's state at time t with the probe of step k = t/h
+    (``fold_in(key(_STEIN_SEED), k)``): a fresh probe per step, the same on a rerun."""
+    k = jnp.rint(t / step_size).astype(jnp.int32)
+    return stein_residual(fe, particles, jax.random.fold_in(jax.random.key(_STEIN_SEED), k))
+
+
 def _unit_schedule(t):
     return 1.0
 

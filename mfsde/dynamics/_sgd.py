@@ -15,11 +15,10 @@ from jaxtyping import Array, Float, PRNGKeyArray
 from .._checks import finite, positive_int, positive_number
 from ..diagnostics._moments import LawMoments
 from ..free_energy import FreeEnergy
-from ..particle_posterior import stein_residual
 from ._checkpoint import data_fingerprint
 from ._core import ParticleSDE, Trajectory, drive
 from .._keys import as_keys
-from ._langevin import _STEIN_SEED, _unit_schedule
+from ._langevin import _unit_schedule, stein_residual_at_step
 from ._stability import step_stability_hint
 from .._memory import particle_run_bytes
 
@@ -76,9 +75,7 @@ class SGDObservables(eqx.Module):
                "max_displacement": jnp.max(jnp.linalg.norm(theta - theta0, axis=1))}
         out.update(LawMoments.of(fe.unit)(theta))
         if self.stein:
-            k = jnp.rint(t / self.step_size).astype(jnp.int32)
-            out["stein_residual"], out["stein_curvature"] = stein_residual(
-                fe, theta, jax.random.fold_in(jax.random.key(_STEIN_SEED), k))
+            out["stein_residual"], out["stein_curvature"] = stein_residual_at_step(fe, theta, t, self.step_size)
         for name, fn in self.extra:
             out[name] = fn(theta)
         return out
