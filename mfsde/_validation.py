@@ -42,6 +42,7 @@ from jaxtyping import Array, Float, PRNGKeyArray
 from ._blocks import row_blocks, unblock
 from ._keys import single_key
 from .free_energy import FreeEnergy
+from .particles import Particles
 
 __all__ = ["SelfConsistency", "self_consistency", "SteinTest", "stein_test", "FixedPointCheck", "check_fixed_point",
            "CAUSES", "MAX_COORDINATES", "NUM_PROJECTIONS"]
@@ -391,15 +392,21 @@ def check_fixed_point(fe: FreeEnergy, key: PRNGKeyArray, particles, *, num_chain
     if not 0.0 < level < 1.0:
         raise ValueError(f"level must be in (0, 1), got {level!r}")
     traj = particles if isinstance(particles, Trajectory) else None
-    batched = traj is not None and jnp.ndim(traj.particles) == 3
+    state = traj.particles if traj is not None else particles
+    if isinstance(state, Particles):
+        if state.log_weight is not None:
+            raise ValueError("check_fixed_point tests an equally weighted particle cloud (the N-particle law is a "
+                             "law of exchangeable particles); resample a weighted one first (Particles.resample)")
+        state = state.theta
+    batched = traj is not None and jnp.ndim(state) == 3
     if traj is not None:
-        theta = jnp.asarray(traj.particles)
+        theta = jnp.asarray(state)
         if batched:
             if not 0 <= replicate < theta.shape[0]:
                 raise ValueError(f"replicate must be in [0, {theta.shape[0]}), got {replicate}")
             theta = theta[replicate]
     else:
-        theta = particles
+        theta = state
     theta = fe._check_particles(theta)
     if not bool(jnp.all(jnp.isfinite(theta))):
         raise ValueError("particles contain non-finite values")
@@ -455,7 +462,7 @@ def check_fixed_point(fe: FreeEnergy, key: PRNGKeyArray, particles, *, num_chain
     curvature = float(max_curvature(fe, theta))
     stiffness = f"dt0 * lambda_max = {dt0 * curvature:.3g} (largest drift curvature {curvature:.3g})"
     span = diagnose_time if diagnose_time is not None else 0.5 * (t1 - t0)
-    final = jnp.asarray(traj.particles)
+    final = jnp.asarray(state)
     keys = jax.random.split(k_half, final.shape[0]) if batched else k_half
     cont = langevin(fe, keys, final, t0=t1, t1=t1 + span, dt0=0.5 * dt0, solver=solver, diagnostics=True,
                     progress=False)

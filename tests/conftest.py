@@ -65,7 +65,7 @@ class ScriptRunner:
 
     def __init__(self, root, runs):
         self.root, self.runs = root, runs
-        self.env = {"MFSDE_SMOKE": "1", "MFSDE_RUNS": str(runs)}
+        self.env = {"MFSDE_SMOKE": "1", "MFSDE_RUNS": str(runs), _LANE_ENV: "2"}
         self.queue, self.results, self.procs = collections.deque(), {}, {}
         self.cond, self.worker = threading.Condition(), None
 
@@ -119,11 +119,40 @@ class ScriptRunner:
                 proc.kill()
 
 
+# The second lane: statistical tests marked ``lane2`` run in a pytest subprocess queued first
+# with the scripts, on the scripts' core, when the session also runs the scripts (``make
+# test``). The unit tests alone fill one core for longer than the scripts fill the other;
+# this balances the two. Run by themselves (e.g. ``pytest tests/test_validation.py``) the
+# marked tests run in the session as usual.
+_LANE_ENV = "MFSDE_LANE"
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "lane2: a long statistical test that make test runs in the second lane")
+
+
 def pytest_collection_modifyitems(config, items):
-    config.stash[_PRESTART] = any("test_scripts.py" in item.nodeid for item in items)
+    in_lane = os.environ.get(_LANE_ENV) == "2"
+    with_scripts = any("test_scripts.py" in item.nodeid for item in items)
+    lane = [item for item in items if item.get_closest_marker("lane2") is not None]
+    if in_lane or (with_scripts and lane):
+        keep = lane if in_lane else [item for item in items if item not in lane]
+        config.hook.pytest_deselected(items=[item for item in items if item not in keep])
+        items[:] = keep
+    config.stash[_PRESTART] = with_scripts and not in_lane
+    config.stash[_LANE] = ([] if in_lane or not with_scripts else
+                           ["-m", "pytest", "-q", "-p", "no:cacheprovider", *[item.nodeid for item in lane]])
 
 
 _PRESTART = pytest.StashKey[bool]()
+_LANE = pytest.StashKey[list]()
+
+
+@pytest.fixture(scope="session")
+def second_lane(request):
+    """The second lane's command (``python -m pytest`` on the lane2 tests), or [] if the
+    session runs them itself."""
+    return request.config.stash.get(_LANE, [])
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -132,6 +161,9 @@ def scripts(request, tmp_path_factory):
     if not request.config.stash.get(_PRESTART, False):
         yield runner  # started on demand, e.g. when one script test is selected
         return
+    lane = request.config.stash.get(_LANE, [])
+    if lane:
+        runner.start(lane)
     runner.start(["scripts/demo.py"])
     runner.start(["tests/scripts/rotskoff_notebook.py"])
     for script in sorted((ROOT / "tutorials").glob("*.py")):

@@ -4,6 +4,7 @@ started together at the beginning of the session by tests/conftest.py)."""
 import json
 
 import numpy as np
+import pytest
 
 
 def test_demo_smoke(scripts):
@@ -81,3 +82,12 @@ def test_wfr_bench_smoke(scripts):
     res = scripts.run(["bench/wfr.py", "--smoke"])
     assert res.returncode == 0, res.stdout + res.stderr
     assert "ratio to langevin" in res.stdout and "time to within" in res.stdout and "log-log slope" in res.stdout
+
+
+def test_second_lane(scripts, second_lane):
+    """The lane2 statistical tests, run beside the unit tests (tests/conftest.py)."""
+    if not second_lane:
+        pytest.skip("no second lane: the lane2 tests ran in this session")
+    res = scripts.run(second_lane)
+    assert res.returncode == 0, res.stdout[-8000:] + res.stderr[-4000:]
+    assert " passed" in res.stdout, res.stdout[-2000:]

@@ -11,6 +11,9 @@ import pytest
 import mfsde
 from mfsde.particle_posterior import stein_residual
 
+# long statistical tests: make test runs them in the second lane (tests/conftest.py)
+pytestmark = pytest.mark.lane2
+
 S, BETA = 1.0, 20.0
 
 

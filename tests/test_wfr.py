@@ -142,6 +142,7 @@ def test_jumps_conserve_n_and_account_for_every_particle(variant):
         assert np.all(c[kill] == 0)
 
 
+@pytest.mark.lane2
 def test_finite_beta_fixed_point_is_unchanged(linear):
     """Langevin with birth–death (both variants, α = 1, KDE rate) has Langevin's stationary
     law. Linear model, β = 4: the N-particle law's marginal is N(m*, s²I) up to O(1/N)
@@ -149,7 +150,8 @@ def test_finite_beta_fixed_point_is_unchanged(linear):
     the time-averaged particle mean is within 4 s.e. of m* (s.e. from the batch means of
     8 blocks) and the mean squared deviation within 4 s.e. of s²·d = 3; and the final
     clouds' W2 to plain Langevin's is within the two-sample floor (the 0.99 point of W2
-    between two exact N-samples of N(m*, I), 40 pairs)."""
+    between two exact N-samples of N(m*, I), 40 pairs); and the clone run's final cloud
+    passes ``check_fixed_point``'s exact snapshot test."""
     x, y = linear.make_data(jax.random.key(0), num_data=100)
     fe = mfsde.FreeEnergy(linear.unit, x, y, beta=4.0)
     sigma, c = linear.moments(x, y)
@@ -174,6 +176,11 @@ def test_finite_beta_fixed_point_is_unchanged(linear):
             assert abs(blocks.mean() - target) < 4 * se + 0.02, (variant, name, blocks.mean(), target, se)
         for r in range(2):
             assert float(mfsde.w2(traj.particles.theta[r], plain.particles[r])) < floor
+        if variant == "clone":
+            # the exact finite-N snapshot test (self_consistency against G[f_N], BlackJAX NUTS)
+            check = mfsde.check_fixed_point(fe, jax.random.key(9), mfsde.Particles(traj.particles.theta[0]),
+                                            num_chains=2, num_warmup=200, num_samples=300)
+            assert check.passed, check.reason
 
 
 def test_notebook_gaussian_bumps(scripts):
