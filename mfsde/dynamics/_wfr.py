@@ -87,6 +87,11 @@ def kde_logdensity(theta: Float[Array, "n d"], weights: Float[Array, " n"], band
     return unblock(jax.lax.map(block, rows), n) - 0.5 * d * jnp.log(2.0 * jnp.pi * h2)
 
 
+def _unit_mean_weights(log_weight: Array) -> Array:
+    """log-weights shifted so that (1/N) Σ_i exp(log_weight_i) = 1 (over the last axis)."""
+    return log_weight - (jax.nn.logsumexp(log_weight, axis=-1, keepdims=True) - jnp.log(log_weight.shape[-1]))
+
+
 class _Layout(NamedTuple):
     # the state's columns: θ (D), log-weight, cumulative births, cumulative deaths, and at
     # finite β the last Leimkuhler–Matthews draw ξ_n (D)
@@ -207,8 +212,7 @@ class WFRStep(eqx.Module):
             xi = jax.random.normal(k_noise, theta.shape, theta.dtype)
             theta = theta + jnp.sqrt(2.0 * h / self.fe.beta) * 0.5 * (xi_prev + xi)
         if self.birth_death is None:
-            lw = lw - self.alpha * h * delta
-            lw = lw - (jax.nn.logsumexp(lw) - jnp.log(lw.shape[0]))
+            lw = _unit_mean_weights(lw - self.alpha * h * delta)
             tail = [xi] if lay.noise else []
             return jnp.concatenate([theta, lw[:, None], births[:, None], deaths[:, None], *tail], axis=1)
         kill, clone = birth_death_events(k_event, delta, self.alpha * h)
@@ -252,7 +256,7 @@ class WFRObservables(eqx.Module):
         pv = step.penalty_and_grad(theta)[0]
         jump_prob = jnp.minimum(1.0, step.alpha * step.step_size * jnp.max(jnp.abs(delta)))
         out = {"risk": risk, "energy": 0.5 * risk + w @ pv, "mean_potential": vbar, "max_jump_probability": jump_prob,
-               "mean_rate_spread": w @ jnp.abs(delta), "effective_sample_size": 1.0 / jnp.sum(w**2),
+               "mean_rate_spread": w @ jnp.abs(delta), "effective_sample_size": measure.effective_sample_size(),
                "births": y[0, d + 1], "deaths": y[0, d + 2], "mean_sq_norm": w @ jnp.sum(theta**2, axis=1)}
         out.update(self.moments(theta, None if lw is None else w))
         if self.diagnostics:
@@ -272,7 +276,7 @@ def _start_state(fe, key, particles0, layout: _Layout, batched: bool):
     theta = jnp.asarray(theta, fe.x.dtype)
     lw = (jnp.zeros(theta.shape[:-1], theta.dtype) if not isinstance(particles0, Particles)
           or particles0.log_weight is None else jnp.asarray(particles0.log_weight, theta.dtype))
-    lw = lw - (jax.nn.logsumexp(lw, axis=-1, keepdims=True) - jnp.log(lw.shape[-1]))
+    lw = _unit_mean_weights(lw)
     if batched:
         theta = jnp.broadcast_to(theta, (key.shape[0],) + theta.shape[-2:])
         lw = jnp.broadcast_to(lw, theta.shape[:-1])
