@@ -28,8 +28,13 @@ def test_langevin_and_sgd_stop_at_the_same_step(wide, tmp_path):
         mfsde.langevin(fe, jax.random.key(2), p0, t1=T1, dt0=H)
     with pytest.raises(mfsde.DivergenceError, match="step_size < ") as sg:
         mfsde.sgd(fe, jax.random.key(2), p0, num_steps=int(T1 / H), step_size=H, noise=False, prior_drift=False)
+    # wfr at α = 0 is the same Euler step; its hint is λ_max of the weighted drift
+    with pytest.raises(mfsde.DivergenceError, match="dt0 < ") as wf:
+        mfsde.wfr(fe, jax.random.key(2), p0, t1=T1, dt0=H, alpha=0.0, diagnostics=False)
     step = lv.value.step
     assert 0 < step < T1 / H and sg.value.step == step and lv.value.time == pytest.approx(step * H)
+    # (its sweep sums Ψ's terms in another order; near 1e308 that moves the overflow by a step)
+    assert abs(wf.value.step - step) <= 1 and "at the last finite state" in str(wf.value)
     for err in (lv.value, sg.value):
         part = err.trajectory
         assert part.ts.size and np.all(np.asarray(part.ts) < err.time)

@@ -174,3 +174,23 @@ def test_max_curvature_linear(lin, linear):
     sigma, _ = linear.moments(x, y)
     lam = float(mfsde.max_curvature(fe, fe.prior_sample(jax.random.key(5), 10), num_iterations=200))
     assert lam == pytest.approx(np.linalg.eigvalsh(sigma).max() + 1 / (BETA * S**2), rel=1e-6)
+
+
+def test_max_curvature_weighted_is_the_cloned_cloud(neuron):
+    """Weights (3, 1, 1)/5 on three particles are the equal-weight cloud with the first
+    particle copied three times: the weighted drift's Jacobian is the cloned one's on the
+    modes that move the copies together, so λ_max(weighted) is an eigenvalue of the
+    cloned cloud's dense Jacobian (jacfwd, eigvals) and at most its largest. The plain
+    three-particle cloud is a different system: λ_max differs."""
+    x, y = neuron.make_data(jax.random.key(1), num_data=20, dim=3)
+    fe = mfsde.FreeEnergy(neuron.unit, x, y, beta=30.0)
+    theta = fe.prior_sample(jax.random.key(2), 3)
+    lam = float(mfsde.max_curvature(fe, mfsde.Particles(theta, jnp.log(jnp.array([3.0, 1.0, 1.0]))),
+                                    num_iterations=400))
+    cloned = jnp.concatenate([theta[:1], theta[:1], theta])
+    jac = jax.jacfwd(LangevinDrift(fe), argnums=1)(0.0, cloned).reshape(cloned.size, cloned.size)
+    eig = np.abs(np.linalg.eigvals(np.asarray(jac)))
+    assert np.min(np.abs(eig - lam)) < 1e-6 * eig.max()
+    assert lam <= eig.max() * (1 + 1e-9)
+    plain = float(mfsde.max_curvature(fe, theta, num_iterations=400))
+    assert abs(plain - lam) > 1e-3 * lam

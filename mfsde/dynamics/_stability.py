@@ -18,6 +18,7 @@ from jaxtyping import Array, Float, PRNGKeyArray
 from .._checks import positive_int
 from .._keys import single_key
 from ..free_energy import FreeEnergy
+from ..particles import Particles
 
 __all__ = ["max_curvature"]
 
@@ -28,12 +29,15 @@ def step_stability_hint(fe: FreeEnergy, states, step: float, name: str = "dt0") 
 
     ``states``: ((where, Θ), ...) tried in order, e.g. the last finite state and then the
     start; the first with a finite λ_max is reported (far out, the curvature itself may
-    overflow). Θ may be None (not known) and is then skipped.
+    overflow). Θ is an (N, D) array or a (weighted) ``Particles``, or None (not known)
+    and is then skipped.
     """
     for where, particles in states:
         if particles is None:
             continue
-        lam = float(max_curvature(fe, jnp.asarray(particles)[..., : fe.dim]))
+        if not isinstance(particles, Particles):
+            particles = jnp.asarray(particles)[..., : fe.dim]
+        lam = float(max_curvature(fe, particles))
         if math.isfinite(lam) and lam > 0:
             return (f"Stability: {name}·λ_max = {step:g} × {lam:.4g} = {step * lam:.3g} {where} (λ_max the largest "
                     f"curvature of the drift, mfsde.max_curvature); explicit steps are unstable above 2, so take "
@@ -41,24 +45,34 @@ def step_stability_hint(fe: FreeEnergy, states, step: float, name: str = "dt0") 
     return f"The drift's curvature could not be estimated; take a smaller {name} than {step:g}."
 
 
-def max_curvature(fe: FreeEnergy, particles: Float[Array, "n d"], key: PRNGKeyArray | None = None,
+def max_curvature(fe: FreeEnergy, particles: Float[Array, "n d"] | Particles, key: PRNGKeyArray | None = None,
                   num_iterations: int = 40) -> Float[Array, ""]:
     """λ_max = the largest |eigenvalue| of the Langevin drift's Jacobian at ``particles``.
 
     Power iteration v ← J v / ‖J v‖ with J v = jvp of Θ ↦ b(Θ), started from a random
     direction; returns ‖J v‖ after ``num_iterations`` (a lower bound that converges
     geometrically at the rate of the spectral gap). jit-able.
-    """
-    from ._langevin import LangevinDrift
 
-    particles = fe._check_particles(particles)
+    For weighted ``Particles`` the drift is the weighted one, b_i = −∇Ψ(θ_i; Σ_j w_j δ_θj)
+    + β⁻¹∇log π₀(θ_i), with the weights held fixed: J_ij = δ_ij A_i + w_j G(θ_i, θ_j)
+    (A_i = −∇²Ψ(θ_i) + β⁻¹∇²log π₀, G = −(1/P) Σ_p ∇σ(x_p; θ_i) ∇σ(x_p; θ_j)ᵀ), similar to
+    the symmetric A + W^½ G W^½, so its spectrum is real and a heavy particle's block
+    counts w_j times: what bounds the transport step of ``mfsde.wfr``.
+    """
+    log_weight = particles.log_weight if isinstance(particles, Particles) else None
+    theta = fe._check_particles(particles)
     num_iterations = positive_int("num_iterations", num_iterations)
-    drift = LangevinDrift(fe)
     key = jax.random.key(0) if key is None else single_key(key, replicates="one power iteration")
-    v0 = jax.random.normal(key, particles.shape, particles.dtype)
+    v0 = jax.random.normal(key, theta.shape, theta.dtype)
+
+    def drift(th):
+        g = fe.grad_potential(th if log_weight is None else Particles(th, log_weight))
+        if not math.isinf(fe.beta):
+            g = g - fe.grad_prior_logdensity(th) / fe.beta
+        return -g
 
     def jv(v):
-        return jax.jvp(lambda th: drift(0.0, th), (particles,), (v,))[1]
+        return jax.jvp(drift, (theta,), (v,))[1]
 
     def body(_, v):
         w = jv(v)

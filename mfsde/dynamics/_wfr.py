@@ -212,7 +212,8 @@ class WFRStep(eqx.Module):
             xi = jax.random.normal(k_noise, theta.shape, theta.dtype)
             theta = theta + jnp.sqrt(2.0 * h / self.fe.beta) * 0.5 * (xi_prev + xi)
         if self.birth_death is None:
-            lw = _unit_mean_weights(lw - self.alpha * h * delta)
+            if self.alpha:  # at α = 0 the weights stay put even where Λ overflows (0·∞)
+                lw = _unit_mean_weights(lw - self.alpha * h * delta)
             tail = [xi] if lay.noise else []
             return jnp.concatenate([theta, lw[:, None], births[:, None], deaths[:, None], *tail], axis=1)
         kill, clone = birth_death_events(k_event, delta, self.alpha * h)
@@ -334,7 +335,9 @@ def wfr(fe: FreeEnergy, key: PRNGKeyArray, particles0, *, t1: float, dt0: float,
     Stability: the transport step's stiffness grows with concentration. A particle of
     weight w, or a cluster of k clones, moves f_ρ w (k) times as much as one plain particle,
     so a dt0 that is stable for gradient flow can blow up (or raise the risk it should
-    lower) once the mass concentrates; watch ``effective_sample_size`` and the risk.
+    lower) once the mass concentrates; watch ``effective_sample_size`` and the risk. A
+    diverged run's error reports h·λ_max of the weighted drift (``max_curvature`` of the
+    last finite weighted cloud) against 2.
 
     Returns:
         ``Trajectory``; its particles are a ``Particles`` (uniform weights, ``log_weight``
@@ -382,7 +385,7 @@ def wfr(fe: FreeEnergy, key: PRNGKeyArray, particles0, *, t1: float, dt0: float,
                  info=(("family", "wfr"), ("alpha", alpha), ("birth_death", str(birth_death)),
                        ("bandwidth", "silverman" if bandwidth is None else bandwidth)),
                  stability_hint=lambda last: step_stability_hint(
-                     fe, (("at the last finite state", None if last is None else last[..., : fe.dim]),
+                     fe, (("at the last finite state", None if last is None else _last_measure(last, fe.dim, birth_death)),
                           ("at the start", jnp.reshape(theta0, (-1, n, fe.dim))[0])), float(dt0)),
                  state_columns=layout.columns(),
                  memory=("wfr", particle_run_bytes(fe, layout.width)),
@@ -391,6 +394,12 @@ def wfr(fe: FreeEnergy, key: PRNGKeyArray, particles0, *, t1: float, dt0: float,
     traj = _weighted_trajectory(traj, layout, birth_death)
     _warn_if_jumps_saturate(traj, birth_death)
     return traj
+
+
+def _last_measure(last, dim, birth_death):
+    """The weighted cloud of a last finite (N, width) state, for the stability hint."""
+    last = jnp.asarray(last)
+    return Particles(last[..., :dim], None if birth_death else last[..., dim])
 
 
 # Above this per-step kill/clone probability the jumps stop resolving the rate (a particle
