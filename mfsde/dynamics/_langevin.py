@@ -15,6 +15,7 @@ from jaxtyping import Array, Float, PRNGKeyArray
 
 from .._checks import finite
 from ..free_energy import FreeEnergy
+from ..particles import Particles
 from ..particle_posterior import stein_residual
 from ..diagnostics._divergence import kl_to_prior, w2_to_prior_bound
 from ..diagnostics._moments import LawMoments
@@ -45,7 +46,8 @@ def _unit_schedule(t):
 
 
 class LangevinDrift(eqx.Module):
-    """b(t, Θ)_i = ξ(t) [−∇Ψ(θ_i; ρ^N) + β⁻¹ ∇log π₀(θ_i)] over the (N, D) array."""
+    """b(t, Θ)_i = ξ(t) [−∇Ψ(θ_i; ρ^N) + β⁻¹ ∇log π₀(θ_i)] over the (N, D) array (or a
+    weighted ``Particles``: ρ = Σ_j w_j δ_θj, weights held fixed)."""
 
     fe: FreeEnergy
     schedule: Callable = eqx.field(static=True, default=_unit_schedule)
@@ -53,7 +55,8 @@ class LangevinDrift(eqx.Module):
     def __call__(self, t, particles, args=None):
         g = self.fe.grad_potential(particles)
         if not math.isinf(self.fe.beta):
-            g = g - self.fe.grad_prior_logdensity(particles) / self.fe.beta
+            theta = particles.theta if isinstance(particles, Particles) else particles
+            g = g - self.fe.grad_prior_logdensity(theta) / self.fe.beta
         return -self.schedule(t) * g
 
 

@@ -65,11 +65,12 @@ def max_curvature(fe: FreeEnergy, particles: Float[Array, "n d"] | Particles, ke
     key = jax.random.key(0) if key is None else single_key(key, replicates="one power iteration")
     v0 = jax.random.normal(key, theta.shape, theta.dtype)
 
+    from ._langevin import LangevinDrift
+
+    langevin_drift = LangevinDrift(fe)
+
     def drift(th):
-        g = fe.grad_potential(th if log_weight is None else Particles(th, log_weight))
-        if not math.isinf(fe.beta):
-            g = g - fe.grad_prior_logdensity(th) / fe.beta
-        return -g
+        return langevin_drift(0.0, th if log_weight is None else Particles(th, log_weight))
 
     def jv(v):
         return jax.jvp(drift, (theta,), (v,))[1]
