@@ -36,6 +36,7 @@ from .dynamics import (
     overdispersed_starts,
     schrodinger_bridge,
     sgd,
+    shard_particles,
     wfr,
 )
 from .fixed_point import FixedPoint, GibbsNormalizer, gibbs_log_normalizer, sample_fixed_point, sample_gibbs
@@ -48,7 +49,7 @@ from .particles import Particles
 __all__ = ["sample_fixed_point", "check_fixed_point", "self_consistency", "SelfConsistency", "stein_test", "SteinTest", "sample_gibbs",
            "gibbs_log_normalizer", "FixedPoint", "FixedPointCheck", "GibbsNormalizer", "sample_particle_posterior",
            "ParticlePosterior", "particle_logdensity", "stein_residual", "FreeEnergy", "Particles", "UnitModel", "load_model", "langevin", "LeimkuhlerMatthews",
-           "overdispersed_starts", "max_curvature", "sgd", "mckean_vlasov", "schrodinger_bridge", "wfr", "Trajectory", "DivergenceError",
+           "overdispersed_starts", "max_curvature", "sgd", "shard_particles", "mckean_vlasov", "schrodinger_bridge", "wfr", "Trajectory", "DivergenceError",
            "ParticleSDE", "to_inference_data", "summary", "convergence", "equilibration", "stationarity", "kl_to_prior", "entropy_knn", "w2", "w2_gaussian", "w2_to_prior",
            "w2_to_prior_bound", "save", "load", "plot_marginals", "plot_observables"]
 __version__ = "0.1.0"

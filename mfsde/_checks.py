@@ -22,8 +22,23 @@ def finite(name: str, a) -> None:
     """ValueError if the (concrete) array ``a`` has a NaN or an infinity."""
     if a is None or is_traced(a):
         return
-    if not np.all(np.isfinite(np.asarray(a))):
+    if isinstance(a, jax.Array) and not a.is_fully_addressable:
+        # split over processes: reduced on the devices, every process gets the answer
+        ok = bool(jax.numpy.all(jax.numpy.isfinite(a)))
+    else:
+        ok = bool(np.all(np.isfinite(np.asarray(a))))
+    if not ok:
         raise ValueError(f"{name} contains non-finite values")
+
+
+def host_array(a) -> np.ndarray:
+    """``a`` as a numpy array on this host; an array split over processes
+    (``jax.distributed``) is gathered whole to every process first."""
+    if isinstance(a, jax.Array) and not is_traced(a) and not a.is_fully_addressable:
+        from jax.experimental import multihost_utils
+
+        return np.asarray(multihost_utils.process_allgather(a, tiled=True))
+    return np.asarray(a)
 
 
 def positive_int(name: str, v, minimum: int = 1) -> int:

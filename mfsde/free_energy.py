@@ -34,6 +34,13 @@ _AUTO_CHUNK_ELEMENTS_ACCEL_DEFAULT = 1 << 28
 _AUTO_CHUNK_MIN = 64
 
 
+def _in_every_row(r: Float[Array, " p"], feats: Float[Array, "n p"]) -> Float[Array, "n p"]:
+    """The cotangent r in every row of the (N, P) features, with the features' sharding:
+    a plain ``broadcast_to`` is replicated, which a VJP over particles sharded on a mesh
+    with explicit axes rejects."""
+    return jnp.broadcast_to(r, feats.shape, out_sharding=jax.typeof(feats).sharding)
+
+
 def _auto_chunk_elements() -> int:
     if jax.default_backend() == "cpu":
         return _AUTO_CHUNK_ELEMENTS_CPU
@@ -247,7 +254,7 @@ class FreeEnergy(eqx.Module):
             feats, vjp = jax.vjp(lambda th: self.features(th, xb), particles)
             f = weighted_mean(feats, w)
             r = (f - yb) * (wb / p)
-            return vjp(jnp.broadcast_to(r, feats.shape))[0], f
+            return vjp(_in_every_row(r, feats))[0], f
 
         xc, yc, wc = self._chunked(particles.shape[0], x, y)
         if xc.shape[0] == 1:
@@ -275,7 +282,7 @@ class FreeEnergy(eqx.Module):
             feats, vjp = jax.vjp(lambda th: self.features(th, xb), particles)
             f = weighted_mean(feats, w)
             r = (f - yb) * (wb / p)
-            return feats @ r, vjp(jnp.broadcast_to(r, feats.shape))[0], f
+            return feats @ r, vjp(_in_every_row(r, feats))[0], f
 
         xc, yc, wc = self._chunked(particles.shape[0], self.x, self.y)
         if xc.shape[0] == 1:
@@ -304,7 +311,7 @@ class FreeEnergy(eqx.Module):
         def chunk(acc, batch):
             xb, rb, wb = batch
             feats, vjp = jax.vjp(lambda th: self.features(th, xb), thetas)
-            cot = jnp.broadcast_to(rb * (wb / p), feats.shape)
+            cot = _in_every_row(rb * (wb / p), feats)
             return (acc[0] + jnp.sum(feats * cot, axis=1), acc[1] + vjp(cot)[0]), None
 
         xc, rc, wc = self._chunked(thetas.shape[0], self.x, r)

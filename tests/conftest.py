@@ -166,12 +166,14 @@ def scripts(request, tmp_path_factory):
         runner.start(lane)
     runner.start(["scripts/demo.py"])
     runner.start(["tests/scripts/rotskoff_notebook.py"])
+    runner.start(["tests/scripts/sharded_runs.py", str(runner.runs / "sharded.json")])
     for script in sorted((ROOT / "tutorials").glob("*.py")):
         runner.start([str(script)])
     for args in (["bench/langevin.py", "--smoke", "--json", str(runner.runs / "bench.json")],
                  ["bench/diagnostics.py", "--smoke"], ["bench/tzen_raginsky.py", "--smoke"],
                  ["bench/fixed_point.py", "--smoke"], ["bench/sgd.py", "--smoke"], ["bench/validation.py", "--smoke"],
-                 ["bench/robustness.py", "--smoke"], ["bench/wfr.py", "--smoke"]):
+                 ["bench/robustness.py", "--smoke"], ["bench/wfr.py", "--smoke"],
+                 ["bench/scale.py", "--smoke", "--devices", "1", "2"]):
         runner.start(args)
     yield runner
     runner.close()

@@ -84,6 +84,12 @@ def test_wfr_bench_smoke(scripts):
     assert "ratio to langevin" in res.stdout and "time to within" in res.stdout and "log-log slope" in res.stdout
 
 
+def test_scale_bench_smoke(scripts):
+    res = scripts.run(["bench/scale.py", "--smoke", "--devices", "1", "2"])
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "efficiency t(1)/t(2)" in res.stdout and "all-reduce" in res.stdout and "largest N" in res.stdout
+
+
 def test_second_lane(scripts, second_lane):
     """The lane2 statistical tests, run beside the unit tests (tests/conftest.py)."""
     if not second_lane:

@@ -101,7 +101,7 @@ def _split_state(particles):
     from ..particles import Particles
 
     theta, lw = (particles.theta, particles.log_weight) if isinstance(particles, Particles) else (particles, None)
-    theta, lw = np.asarray(theta), None if lw is None else np.asarray(lw)
+    theta, lw = _checks.host_array(theta), None if lw is None else _checks.host_array(lw)
     single = theta.ndim == 2
     if single:
         theta, lw = theta[None], None if lw is None else lw[None]

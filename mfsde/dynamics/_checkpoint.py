@@ -83,7 +83,24 @@ class CheckpointFile:
         """Write the state after ``next_segment`` segments: to a temporary file, flushed to
         disk, then renamed over the old one, so that a kill or a full disk at any point
         leaves the previous checkpoint whole (a failed write removes its temporary file
-        and raises ``OSError`` saying so)."""
+        and raises ``OSError`` saying so).
+
+        Particles split over processes (``jax.distributed``) are gathered to every process
+        and process 0 writes the one file; every process reads it on resume (a shared
+        filesystem), and the driver splits it over the devices again."""
+        if isinstance(particles, jax.Array) and not particles.is_fully_addressable:
+            from jax.experimental import multihost_utils
+
+            particles = multihost_utils.process_allgather(particles, tiled=True)
+            try:
+                if jax.process_index() == 0:
+                    self._write(particles, next_segment, obs)
+            finally:  # nobody reads the file (a resume) before it is whole, or hangs on a failed write
+                multihost_utils.sync_global_devices(f"mfsde checkpoint {self.path} {next_segment}")
+            return
+        self._write(particles, next_segment, obs)
+
+    def _write(self, particles, next_segment: int, obs: dict[str, list]) -> None:
         tmp = self.path.with_name(self.path.name + ".tmp.npz")
         arrays = {f"obs_{k}": np.stack(v) if v else np.zeros((0,)) for k, v in obs.items()}
         try:

@@ -25,11 +25,13 @@ import jax.numpy as jnp
 import lineax as lx
 import numpy as np
 import tqdm
+from jax.sharding import NamedSharding
 from jaxtyping import Array, Float, PRNGKeyArray
 
 from . import _checkpoint
 from .._keys import as_keys
 from .._memory import check_run_fits
+from ._sharding import Constrained, onto_solving_mesh, run_sharding, solving_context, solving_sharding, with_leading
 from ._starts import start_dispersion
 
 __all__ = ["ParticleSDE", "Trajectory", "DivergenceError", "solve", "drive"]
@@ -476,7 +478,8 @@ def drive(sde, key, y0: Float[Array, "n d"], *, t0: float, t1: float, dt0: float
           checkpoint_path=None, fingerprint: dict | None = None, info: tuple = (),
           stability_hint: Callable[[Array | None], str] | None = None,
           state_columns: tuple[tuple[str, int], ...] | None = None,
-          memory: tuple[str, Callable[[int, int], int]] | None = None) -> Trajectory:
+          memory: tuple[str, Callable[[int, int], int]] | None = None,
+          sharding: NamedSharding | None = None) -> Trajectory:
     """Run one dynamics family: the driver that owns keys, replicates, checkpoints, saving
     and the ``Trajectory``.
 
@@ -508,6 +511,12 @@ def drive(sde, key, y0: Float[Array, "n d"], *, t0: float, t1: float, dt0: float
         memory: (the family's name, ``bytes(N, R)``): the run's memory from its shapes
             (``mfsde._memory.particle_run_bytes``), checked against the device's before any
             work (``check_run_fits``: ``MemoryError`` naming the largest N and R that fit).
+        sharding: the per-run (N, ·) state's ``NamedSharding`` with the particle axis split
+            over devices (``run_sharding``); default the start's own, if it is split. The
+            state is held to it at every drift and jump evaluation, so that XLA
+            partitions each drift into local work and one all-reduce of f_ρ, and the final
+            particles keep it (``mfsde.dynamics._sharding``). None on one device: nothing
+            is added.
 
     Divergence: every run stops at the first step whose state is not finite (a diffrax
     event; for jump chains a check after each save block, and the step found again). Then
@@ -517,12 +526,44 @@ def drive(sde, key, y0: Float[Array, "n d"], *, t0: float, t1: float, dt0: float
     checkpointed run keeps its last good checkpoint. Under an outer jit or vmap, where it
     cannot raise, the trajectory's ``diverged_at`` says when.
     """
+    sde_of = sde if not isinstance(sde, ParticleSDE) else (lambda k: (sde, k))
+    if sharding is None:
+        sharding = run_sharding(None, y0)
+    if sharding is None:
+        return _drive(sde_of, key, jnp.asarray(y0), t0=t0, t1=t1, dt0=dt0, solver=solver, observables=observables,
+                      ts=ts, stepsize_controller=stepsize_controller, progress=progress, adjoint=adjoint,
+                      max_steps=max_steps, checkpoint_every=checkpoint_every, checkpoint_path=checkpoint_path,
+                      fingerprint=fingerprint, info=info, stability_hint=stability_hint, state_columns=state_columns,
+                      memory=memory)
+    solving = solving_sharding(sharding)
+
+    def constrained_sde_of(k):
+        sde, *rest = onto_solving_mesh(sde_of(k), solving)
+        return (ParticleSDE(None if sde.drift is None else Constrained(sde.drift, solving, 1), sde.noise_scale,
+                            None if sde.jump is None else Constrained(sde.jump, solving, 2), sde.jump_every), *rest)
+
+    y0 = jnp.asarray(y0)
+    key, observables = onto_solving_mesh((key, observables), solving)
+    with solving_context(solving):
+        traj = _drive(constrained_sde_of, key, jax.device_put(y0, with_leading(solving, y0.ndim)), t0=t0, t1=t1,
+                      dt0=dt0, solver=solver, observables=observables, ts=ts, stepsize_controller=stepsize_controller,
+                      progress=progress, adjoint=adjoint, max_steps=max_steps, checkpoint_every=checkpoint_every,
+                      checkpoint_path=checkpoint_path, fingerprint=fingerprint, info=info,
+                      stability_hint=stability_hint, state_columns=state_columns, memory=memory)
+    particles = traj.particles
+    return traj._replace(particles=jax.device_put(particles, with_leading(sharding, particles.ndim)),
+                         info=traj.info + (("sharding", str(sharding.spec)), ("devices", sharding.num_devices)))
+
+
+def _drive(sde_of, key, y0, *, t0, t1, dt0, solver, observables, ts, stepsize_controller, progress, adjoint,
+           max_steps, checkpoint_every, checkpoint_path, fingerprint, info, stability_hint, state_columns,
+           memory) -> Trajectory:
+    """``drive`` on one device, or inside a sharded run's mesh context with the state's
+    sharding already applied."""
     if key is None:
         batched = False
     else:
         key, batched = as_keys(key)
-    sde_of = sde if not isinstance(sde, ParticleSDE) else (lambda k: (sde, k))
-    y0 = jnp.asarray(y0)
     if batched and y0.ndim == 3 and y0.shape[0] != key.shape[0]:
         raise ValueError(f"the start has {y0.shape[0]} replicates for {key.shape[0]} keys")
     if memory is not None:
@@ -739,6 +780,8 @@ def _segmented(sde_of, key, y0, args, ts, batched, jumps, every, path, fingerpri
     state = file.load()
     if state is not None:
         y, start, obs = jnp.asarray(state.particles, y0.dtype), state.next_segment, state.observables
+        if not isinstance(y0, jax.core.Tracer) and isinstance(y0.sharding, NamedSharding):  # split again
+            y = jax.device_put(y, y0.sharding)
     show = n >= _PROGRESS_MIN_STEPS if progress is None else progress
     axis = 1 if batched else 0
     bar = tqdm.tqdm(total=n_seg, initial=start, unit="segment", disable=not show)

@@ -22,7 +22,9 @@ from ..diagnostics._moments import LawMoments
 from ._checkpoint import data_fingerprint
 from ._core import ParticleSDE, Trajectory, drive
 from .._keys import as_keys
+from ._sharding import run_sharding
 from ._solver import LeimkuhlerMatthews
+from jax.sharding import Mesh
 from ._stability import step_stability_hint
 from .._memory import particle_run_bytes
 
@@ -133,6 +135,7 @@ def langevin(
     diagnostics: bool | None = None,
     checkpoint_every: int | None = None,
     checkpoint_path: str | os.PathLike | None = None,
+    mesh: Mesh | None = None,
 ) -> Trajectory:
     """Mean-field Langevin dynamics of F_β on N particles, solved with diffrax.
 
@@ -179,6 +182,10 @@ def langevin(
             Segment s draws its noise from ``fold_in(key, s)``, so a resumed run equals the
             uninterrupted checkpointed run exactly (it is a different Brownian path from
             the unsegmented run with the same key). Fixed step sizes only.
+        mesh: a ``jax.sharding.Mesh`` with an axis "particles": split the particles over
+            its devices (``mfsde.shard_particles``; N a multiple of its size). Default: the
+            start's own sharding if it is split, else one device. See the README's
+            "More than one device".
 
     ``key`` may be a batch of keys, shape (R,): R independent replicate runs (vmapped),
     from ``particles0`` of shape (N, D) (shared) or (R, N, D); the trajectory's particles
@@ -223,6 +230,6 @@ def langevin(
                  stability_hint=lambda last: step_stability_hint(
                      fe, (("at the last finite state", last), ("at the start", particles0.reshape(-1, n, fe.dim)[0])),
                      float(dt0)),
-                 memory=("langevin", particle_run_bytes(fe, fe.dim)),
+                 memory=("langevin", particle_run_bytes(fe, fe.dim)), sharding=run_sharding(mesh, particles0),
                  fingerprint=dict(data_fingerprint(fe), family="langevin",
                                   schedule=getattr(schedule, "__qualname__", repr(schedule))))

@@ -10,12 +10,14 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import Mesh
 from jaxtyping import Array, Float, PRNGKeyArray
 
 from .._checks import finite, positive_int, positive_number
 from ..diagnostics._moments import LawMoments
 from ..free_energy import FreeEnergy
 from ._checkpoint import data_fingerprint
+from ._sharding import run_sharding
 from ._core import ParticleSDE, Trajectory, drive
 from .._keys import as_keys
 from ._langevin import _unit_schedule, stein_residual_at_step
@@ -86,7 +88,7 @@ def sgd(fe: FreeEnergy, key: PRNGKeyArray, particles0: Float[Array, "n d"], *, n
         schedule: Callable | None = None, save_every: int | None = None,
         observables: dict[str, Callable] | None = None, progress: bool | None = None,
         checkpoint_every: int | None = None, checkpoint_path: str | os.PathLike | None = None,
-        sampler: Callable | None = None) -> Trajectory:
+        sampler: Callable | None = None, mesh: Mesh | None = None) -> Trajectory:
     """Finite-N SGD on the mean-field network f_N = (1/N) Σ_i σ(·; θ_i), one update of all
     N units per step k (time t_k = k η, η = ``step_size``):
 
@@ -128,6 +130,10 @@ def sgd(fe: FreeEnergy, key: PRNGKeyArray, particles0: Float[Array, "n d"], *, n
             .npz and resume from it (``mfsde.dynamics.drive``). Step k draws from
             ``fold_in(key, k)`` however the run is cut, so a checkpointed run is the same
             chain as the uncheckpointed one.
+        mesh: a ``jax.sharding.Mesh`` with an axis "particles": split the particles over
+            its devices (``mfsde.shard_particles``; N a multiple of its size). Default: the
+            start's own sharding if it is split, else one device. See the README's
+            "More than one device".
 
     Returns:
         ``Trajectory`` with ts = k η at the saves, the final particles ((R, N, D) for R
@@ -173,7 +179,7 @@ def sgd(fe: FreeEnergy, key: PRNGKeyArray, particles0: Float[Array, "n d"], *, n
     return drive(ParticleSDE(jump=step), key, particles0, t0=0.0, t1=num_steps * float(step_size),
                  dt0=float(step_size), observables=obs, ts=ks * float(step_size),
                  progress=num_steps >= 5000 if progress is None else progress, checkpoint_every=checkpoint_every,
-                 checkpoint_path=checkpoint_path, info=info,
+                 checkpoint_path=checkpoint_path, info=info, sharding=run_sharding(mesh, particles0),
                  stability_hint=lambda last: step_stability_hint(
                      fe, (("at the last finite state", last), ("at the start", particles0.reshape(-1, *particles0.shape[-2:])[0])),
                      float(step_size), "step_size"),

@@ -37,12 +37,14 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import Mesh
 from jaxtyping import Array, Float, PRNGKeyArray
 
 from .._checks import finite, positive_int
 from ..free_energy import FreeEnergy
 from .._memory import particle_run_bytes
 from ._checkpoint import array_digest, data_fingerprint
+from ._sharding import run_sharding
 from ._core import ParticleSDE, Trajectory, drive, num_fixed_steps
 from .._keys import as_keys
 from .._api import renamed
@@ -219,7 +221,7 @@ def _inner_block_bytes(fe, points: int) -> int:
 
 
 def _solve_on_unit_interval(fe, sde_of, observables, key, num_particles, dt0, ts, solver, progress, mean, var, grid,
-                            checkpoint_every, checkpoint_path, fingerprint, info, inner_bytes=None):
+                            checkpoint_every, checkpoint_path, fingerprint, info, inner_bytes=None, mesh=None):
     """``drive`` on t ∈ [0, 1] from W_0 = m with the cost column c_0 = 0, state (N, D + 1);
     ``sde_of(key) -> (drift, noise key)`` (the bridge's drift depends on the replicate's
     key) and ``observables(drift)``."""
@@ -243,7 +245,7 @@ def _solve_on_unit_interval(fe, sde_of, observables, key, num_particles, dt0, ts
                  checkpoint_every=checkpoint_every, checkpoint_path=checkpoint_path,
                  fingerprint=dict(data_fingerprint(fe), time_grid=grid, **fingerprint), info=info,
                  state_columns=(("theta", fe.dim), ("control cost", 1)),
-                 memory=(info[0][1], particle_run_bytes(fe, fe.dim + 1, inner_bytes)))
+                 memory=(info[0][1], particle_run_bytes(fe, fe.dim + 1, inner_bytes)), sharding=run_sharding(mesh, y0))
     return traj._replace(particles=traj.particles[..., : fe.dim])
 
 
@@ -258,7 +260,7 @@ def _check_fe(fe):
 def mckean_vlasov(fe: FreeEnergy, key: PRNGKeyArray, num_particles: int, *, dt0: float = 0.01, ts: Array | None = None,
                   solver: diffrax.AbstractSolver | None = None, time_grid: str = "uniform",
                   progress: bool | None = None, checkpoint_every: int | None = None,
-                  checkpoint_path: str | os.PathLike | None = None) -> Trajectory:
+                  checkpoint_path: str | os.PathLike | None = None, mesh: Mesh | None = None) -> Trajectory:
     """Tzen–Raginsky's greedy McKean–Vlasov SDE on N particles, t ∈ [0, 1]:
 
         W_0 = m,  dW_i = −β Σ ∇Ψ(W_i; ρ^N_t) dt + Σ^{1/2} dB_i,   π₀ = N(m, Σ).
@@ -278,6 +280,8 @@ def mckean_vlasov(fe: FreeEnergy, key: PRNGKeyArray, num_particles: int, *, dt0:
             "quadratic" (``mfsde.dynamics.time_grid``).
         checkpoint_every, checkpoint_path: write the state every this many steps to an .npz
             and resume from it (uniform time grid; ``mfsde.dynamics.drive``).
+        mesh: a ``jax.sharding.Mesh`` with an axis "particles": split the N particles over
+            its devices (N a multiple of its size). Default: one device.
 
     Returns:
         ``Trajectory`` with particles W_1 (N, D) ((R, N, D) for R keys) and observables
@@ -288,7 +292,7 @@ def mckean_vlasov(fe: FreeEnergy, key: PRNGKeyArray, num_particles: int, *, dt0:
     drift = GreedyDrift(fe, jnp.asarray(var, fe.x.dtype))
     return _solve_on_unit_interval(fe, lambda k: (drift, k), lambda drift: TzenRaginskyObservables(fe), key, num_particles, dt0, ts,
                                    solver, progress, mean, var, time_grid, checkpoint_every, checkpoint_path,
-                                   dict(family="mckean_vlasov"), (("sde", "mckean_vlasov"),))
+                                   dict(family="mckean_vlasov"), (("sde", "mckean_vlasov"),), mesh=mesh)
 
 
 @renamed(n_particles="num_particles", n_inner="num_inner")
@@ -298,7 +302,7 @@ def schrodinger_bridge(fe: FreeEnergy, fixed_point_or_output, key: PRNGKeyArray,
                        solver: diffrax.AbstractSolver | None = None, time_grid: str = "uniform",
                        particle_chunk: int | str = "auto",
                        num_ess: int = 256, progress: bool | None = None, checkpoint_every: int | None = None,
-                       checkpoint_path: str | os.PathLike | None = None) -> Trajectory:
+                       checkpoint_path: str | os.PathLike | None = None, mesh: Mesh | None = None) -> Trajectory:
     """Tzen–Raginsky's optimally controlled McKean–Vlasov SDE (Schrödinger bridge to ρ*):
 
         W_0 = m,  dW_i = u*(W_i, t) dt + Σ^{1/2} dB_i,   u*(w, t) = −β Σ E_{Q_{w,t}}[∇Ψ(v; ρ*)],
@@ -332,6 +336,8 @@ def schrodinger_bridge(fe: FreeEnergy, fixed_point_or_output, key: PRNGKeyArray,
         num_ess: the inner ESS is reported on this many particles at each save time.
         checkpoint_every, checkpoint_path: write the state every this many steps to an .npz
             and resume from it (uniform time grid; ``mfsde.dynamics.drive``).
+        mesh: a ``jax.sharding.Mesh`` with an axis "particles": split the N particles over
+            its devices (N a multiple of its size). Default: one device.
 
     Returns:
         ``Trajectory``: particles W_1 (N, D); observables risk, control_cost, total_cost,
@@ -393,4 +399,5 @@ def schrodinger_bridge(fe: FreeEnergy, fixed_point_or_output, key: PRNGKeyArray,
                                    checkpoint_every, checkpoint_path, fingerprint,
                                    (("sde", "schrodinger_bridge"), ("estimator", estimator),
                                     ("num_inner", int(num_inner)), ("log_normalizer", log_z_value)),
-                                   inner_bytes=lambda n: _inner_block_bytes(fe, min(n, int(particle_chunk)) * num_inner))
+                                   inner_bytes=lambda n: _inner_block_bytes(fe, min(n, int(particle_chunk)) * num_inner),
+                                   mesh=mesh)

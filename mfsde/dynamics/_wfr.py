@@ -30,6 +30,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import Mesh
 from jaxtyping import Array, Float, PRNGKeyArray
 
 from .._blocks import row_blocks, unblock
@@ -41,6 +42,7 @@ from ..diagnostics._moments import LawMoments
 from ..free_energy import FreeEnergy
 from ..particles import Particles
 from ._checkpoint import data_fingerprint
+from ._sharding import hold_particle_axis, run_sharding
 from ._core import ParticleSDE, Trajectory, drive
 from ._langevin import stein_residual_at_step
 from ._stability import step_stability_hint
@@ -216,6 +218,8 @@ class WFRStep(eqx.Module):
                 lw = _unit_mean_weights(lw - self.alpha * h * delta)
             tail = [xi] if lay.noise else []
             return jnp.concatenate([theta, lw[:, None], births[:, None], deaths[:, None], *tail], axis=1)
+        # the transport and rates stay split over devices; only the copy gathers
+        theta, delta = hold_particle_axis(theta), hold_particle_axis(delta)
         kill, clone = birth_death_events(k_event, delta, self.alpha * h)
         source, fresh = _resolve_jumps(k_resolve, kill, clone, self.birth_death)
         rows = jnp.concatenate([theta, xi], axis=1) if lay.noise else theta
@@ -293,7 +297,7 @@ def wfr(fe: FreeEnergy, key: PRNGKeyArray, particles0, *, t1: float, dt0: float,
         birth_death: str | None = None, penalty: Penalty | tuple | None = None, bandwidth: float | None = None,
         ts: Array | None = None, t0: float = 0.0, observables: dict[str, Callable] | None = None,
         progress: bool | None = None, diagnostics: bool | None = None, checkpoint_every: int | None = None,
-        checkpoint_path: str | os.PathLike | None = None) -> Trajectory:
+        checkpoint_path: str | os.PathLike | None = None, mesh: Mesh | None = None) -> Trajectory:
     """Wasserstein–Fisher–Rao dynamics on N weighted particles (Rotskoff–Vanden-Eijnden):
     gradient flow (Langevin at finite β) with the mass moving at rate α from where the first
     variation Λ is high to where it is low,
@@ -331,6 +335,11 @@ def wfr(fe: FreeEnergy, key: PRNGKeyArray, particles0, *, t1: float, dt0: float,
             residual; default on for N <= 4096 (the k-NN search is O(N² D) per save).
         checkpoint_every, checkpoint_path: as ``langevin`` (draws depend on the step index
             only, so a checkpointed run equals the plain run).
+        mesh: a ``jax.sharding.Mesh`` with an axis "particles": split the particles over
+            its devices (``mfsde.shard_particles``; N a multiple of its size). Default: the
+            start's own sharding if it is split, else one device. Clone/kill across
+            shards: the copy θ_i ← θ_source(i) is a gather of the whole (N, D) state,
+            which XLA runs as an all-gather, so a clone's source may live on any device.
 
     Stability: the transport step's stiffness grows with concentration. A particle of
     weight w, or a cluster of k clones, moves f_ρ w (k) times as much as one plain particle,
@@ -382,6 +391,7 @@ def wfr(fe: FreeEnergy, key: PRNGKeyArray, particles0, *, t1: float, dt0: float,
     obs = WFRObservables(step, bool(diagnostics), LawMoments.of(fe.unit), tuple(sorted((observables or {}).items())))
     traj = drive(ParticleSDE(jump=step), key, y0, t0=float(t0), t1=float(t1), dt0=float(dt0), observables=obs,
                  ts=ts, progress=progress, checkpoint_every=checkpoint_every, checkpoint_path=checkpoint_path,
+                 sharding=run_sharding(mesh, theta0),
                  info=(("family", "wfr"), ("alpha", alpha), ("birth_death", str(birth_death)),
                        ("bandwidth", "silverman" if bandwidth is None else bandwidth)),
                  stability_hint=lambda last: step_stability_hint(
