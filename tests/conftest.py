@@ -6,6 +6,7 @@ import pathlib
 import subprocess
 import sys
 import threading
+import time
 
 # The tests are compile-bound at their small sizes: XLA's backend at -O0 compiles them faster
 # and takes ~12% off the suite (measured: 7:52 -> 6:54 without the scripts). Set before jax
@@ -67,6 +68,7 @@ class ScriptRunner:
         self.root, self.runs = root, runs
         self.env = {"MFSDE_SMOKE": "1", "MFSDE_RUNS": str(runs), _LANE_ENV: "2"}
         self.queue, self.results, self.procs = collections.deque(), {}, {}
+        self.seconds = {}  # wall time of each finished script, for the lane balance
         self.cond, self.worker = threading.Condition(), None
 
     def start(self, args):
@@ -90,6 +92,7 @@ class ScriptRunner:
                 env.pop("JAX_ENABLE_X64", None)
                 proc = self.procs[key] = subprocess.Popen([sys.executable, *key], cwd=self.root, env=env,
                                                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            started = time.perf_counter()
             try:
                 out, err = proc.communicate(timeout=1200)
             except subprocess.TimeoutExpired:
@@ -97,6 +100,7 @@ class ScriptRunner:
                 out, err = proc.communicate()
             with self.cond:
                 self.results[key] = subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+                self.seconds[key] = time.perf_counter() - started
                 del self.procs[key]
                 self.cond.notify_all()
 
@@ -176,4 +180,19 @@ def scripts(request, tmp_path_factory):
                  ["bench/scale.py", "--smoke", "--devices", "1", "2"]):
         runner.start(args)
     yield runner
+    _RUNNERS.append(runner)
     runner.close()
+
+
+_RUNNERS = []
+
+
+def pytest_terminal_summary(terminalreporter):
+    """The second lane's scripts and their wall times: the lane's total against the unit
+    tests' is what the suite's budget is balanced on."""
+    for runner in _RUNNERS:
+        if runner.seconds:
+            total = sum(runner.seconds.values())
+            terminalreporter.write_line(f"second lane: {len(runner.seconds)} scripts, {total:.0f} s")
+            for key, sec in sorted(runner.seconds.items(), key=lambda kv: -kv[1]):
+                terminalreporter.write_line(f"  {sec:7.1f} s  {' '.join(key)[:90]}")

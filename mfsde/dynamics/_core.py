@@ -527,14 +527,14 @@ def drive(sde, key, y0: Float[Array, "n d"], *, t0: float, t1: float, dt0: float
     cannot raise, the trajectory's ``diverged_at`` says when.
     """
     sde_of = sde if not isinstance(sde, ParticleSDE) else (lambda k: (sde, k))
+    options = dict(t0=t0, t1=t1, dt0=dt0, solver=solver, ts=ts, stepsize_controller=stepsize_controller,
+                   progress=progress, adjoint=adjoint, max_steps=max_steps, checkpoint_every=checkpoint_every,
+                   checkpoint_path=checkpoint_path, fingerprint=fingerprint, info=info,
+                   stability_hint=stability_hint, state_columns=state_columns, memory=memory)
     if sharding is None:
         sharding = run_sharding(None, y0)
     if sharding is None:
-        return _drive(sde_of, key, jnp.asarray(y0), t0=t0, t1=t1, dt0=dt0, solver=solver, observables=observables,
-                      ts=ts, stepsize_controller=stepsize_controller, progress=progress, adjoint=adjoint,
-                      max_steps=max_steps, checkpoint_every=checkpoint_every, checkpoint_path=checkpoint_path,
-                      fingerprint=fingerprint, info=info, stability_hint=stability_hint, state_columns=state_columns,
-                      memory=memory)
+        return _drive(sde_of, key, jnp.asarray(y0), observables=observables, **options)
     solving = solving_sharding(sharding)
 
     def constrained_sde_of(k):
@@ -545,11 +545,8 @@ def drive(sde, key, y0: Float[Array, "n d"], *, t0: float, t1: float, dt0: float
     y0 = jnp.asarray(y0)
     key, observables = onto_solving_mesh((key, observables), solving)
     with solving_context(solving):
-        traj = _drive(constrained_sde_of, key, jax.device_put(y0, with_leading(solving, y0.ndim)), t0=t0, t1=t1,
-                      dt0=dt0, solver=solver, observables=observables, ts=ts, stepsize_controller=stepsize_controller,
-                      progress=progress, adjoint=adjoint, max_steps=max_steps, checkpoint_every=checkpoint_every,
-                      checkpoint_path=checkpoint_path, fingerprint=fingerprint, info=info,
-                      stability_hint=stability_hint, state_columns=state_columns, memory=memory)
+        traj = _drive(constrained_sde_of, key, jax.device_put(y0, with_leading(solving, y0.ndim)),
+                      observables=observables, **options)
     particles = traj.particles
     return traj._replace(particles=jax.device_put(particles, with_leading(sharding, particles.ndim)),
                          info=traj.info + (("sharding", str(sharding.spec)), ("devices", sharding.num_devices)))
