@@ -21,7 +21,6 @@ explicit sharding.
 
 from __future__ import annotations
 
-import contextlib
 import re
 from collections.abc import Callable
 
@@ -51,20 +50,28 @@ def shard_particles(particles, mesh: Mesh | None = None, axis: str = PARTICLE_AX
         >>> theta.shape
         (8, 3)
     """
-    if mesh is None:
-        mesh = jax.make_mesh((jax.device_count(),), (axis,))
-    if axis not in mesh.axis_names:
-        raise ValueError(f"the mesh has no axis {axis!r}; its axes are {mesh.axis_names}")
     particles = np.asarray(particles) if not isinstance(particles, jax.Array) else particles
     if particles.ndim not in (2, 3):
         raise ValueError(f"particles must have shape (N, D) or (R, N, D), got {particles.shape}")
-    size = mesh.shape[axis]
-    n = particles.shape[-2]
-    if n % size:
-        raise ValueError(f"{n} particles do not split evenly over the {size} devices of mesh axis {axis!r}; "
-                         f"take N a multiple of {size}")
-    spec = PartitionSpec(*([None] * (particles.ndim - 2)), axis, None)
-    return jax.device_put(particles, NamedSharding(mesh, spec))
+    mesh = jax.make_mesh((jax.device_count(),), (axis,)) if mesh is None else mesh
+    return jax.device_put(particles, with_leading(_split_over(mesh, particles.shape[-2], axis), particles.ndim))
+
+
+def _split_over(mesh: Mesh, n: int, axis: str) -> NamedSharding:
+    """``NamedSharding(mesh, P(axis, None))`` for N particles, after checking the mesh has
+    the axis and N divides by its size."""
+    if not isinstance(mesh, Mesh):
+        raise TypeError(f"mesh must be a jax.sharding.Mesh, got {type(mesh).__name__}")
+    if axis not in mesh.axis_names:
+        raise ValueError(f"the mesh has no axis {axis!r} to split the particles over; its axes are {mesh.axis_names}")
+    if n % mesh.shape[axis]:
+        raise ValueError(f"{n} particles do not split evenly over the {mesh.shape[axis]} devices of mesh axis "
+                         f"{axis!r}; take N a multiple of {mesh.shape[axis]}")
+    return NamedSharding(mesh, PartitionSpec(axis, None))
+
+
+def _padded_spec(sharding: NamedSharding, ndim: int) -> tuple:
+    return tuple(sharding.spec) + (None,) * (ndim - len(sharding.spec))
 
 
 def particle_sharding(y) -> NamedSharding | None:
@@ -77,7 +84,7 @@ def particle_sharding(y) -> NamedSharding | None:
     sharding = y.sharding
     if not isinstance(sharding, NamedSharding) or sharding.num_devices == 1:
         return None
-    spec = tuple(sharding.spec) + (None,) * (y.ndim - len(sharding.spec))
+    spec = _padded_spec(sharding, y.ndim)
     if spec[-2] is None:
         return None
     if any(s is not None for i, s in enumerate(spec) if i != y.ndim - 2):
@@ -110,10 +117,10 @@ def onto_solving_mesh(tree, solving: NamedSharding):
     return jax.tree.map(move, tree)
 
 
-def solving_context(sharding: NamedSharding | None):
-    """The mesh context a sharded run is traced in (overriding an explicit mesh set by the
-    caller); nothing for a single-device run."""
-    return contextlib.nullcontext() if sharding is None else jax.set_mesh(sharding.mesh)
+def solving_context(sharding: NamedSharding):
+    """The mesh context a sharded run is traced in, overriding an explicit mesh set by the
+    caller."""
+    return jax.set_mesh(sharding.mesh)
 
 
 class Constrained(eqx.Module):
@@ -153,19 +160,9 @@ def run_sharding(mesh: Mesh | None, particles, axis: str = PARTICLE_AXIS) -> Nam
         found = particle_sharding(particles)
         if found is None:
             return None
-        spec = tuple(found.spec) + (None,) * (jax.numpy.ndim(particles) - len(found.spec))
-        return NamedSharding(found.mesh, PartitionSpec(spec[-2], None))
-    if not isinstance(mesh, Mesh):
-        raise TypeError(f"mesh must be a jax.sharding.Mesh, got {type(mesh).__name__}")
-    if axis not in mesh.axis_names:
-        raise ValueError(f"the mesh has no axis {axis!r} to split the particles over; its axes are {mesh.axis_names}")
-    n = jax.numpy.shape(particles)[-2]
-    if n % mesh.shape[axis]:
-        raise ValueError(f"{n} particles do not split evenly over the {mesh.shape[axis]} devices of mesh axis "
-                         f"{axis!r}; take N a multiple of {mesh.shape[axis]}")
-    if mesh.size == 1:
-        return None
-    return NamedSharding(mesh, PartitionSpec(axis, None))
+        return NamedSharding(found.mesh, PartitionSpec(_padded_spec(found, jax.numpy.ndim(particles))[-2], None))
+    sharding = _split_over(mesh, jax.numpy.shape(particles)[-2], axis)
+    return None if mesh.size == 1 else sharding
 
 
 def with_leading(sharding: NamedSharding, ndim: int) -> NamedSharding:
