@@ -38,7 +38,10 @@ def _in_every_row(r: Float[Array, " p"], feats: Float[Array, "n p"]) -> Float[Ar
     """The cotangent r in every row of the (N, P) features, with the features' sharding:
     a plain ``broadcast_to`` is replicated, which a VJP over particles sharded on a mesh
     with explicit axes rejects."""
-    return jnp.broadcast_to(r, feats.shape, out_sharding=jax.typeof(feats).sharding)
+    sharding = jax.typeof(feats).sharding
+    if sharding.mesh.empty:  # one device: a plain broadcast (out_sharding costs a third of a step)
+        return jnp.broadcast_to(r, feats.shape)
+    return jnp.broadcast_to(r, feats.shape, out_sharding=sharding)
 
 
 def _auto_chunk_elements() -> int:
