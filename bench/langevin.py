@@ -8,7 +8,10 @@ all timed in the same run (median of repeats, after compilation):
 - the ratio of that throughput to a dense (N, d) @ (d, P) matmul's, timed as one jitted
   call (it then also pays for a fresh (N, P) output buffer), and to the pair of GEMMs of a
   step, (N, d)@(d, P) then (N, P)@(P, d), iterated in a lax.scan (the step's roofline);
-- the same step for the unit written ``x @ w`` instead of ``w @ x.T`` (particle axis last);
+- the same step for the unit's contraction written three ways, ``w @ x.T``, ``x @ w`` and
+  ``einsum("d,pd->p", w, x)``: through mfsde (contractions rewritten θ-first at trace time,
+  ``mfsde._layout``) and through the plain ``vmap`` of the unit that mfsde used before
+  (where ``x @ w`` put the particle axis last), timed in interleaved rounds;
 - the ratio of our diffrax step (``mfsde.langevin``'s default solver at finite β,
   Leimkuhler–Matthews) to a hand-written ``lax.scan`` Euler–Maruyama of the same drift
   (diffrax's per-step overhead plus LM's, which reuses each step's noise once more), and to a hand-fused JAX step with the derivatives
@@ -59,15 +62,46 @@ def problem(n, p, d, chunk_size="auto"):
     return fe, fe.prior_sample(jax.random.key(1), n)
 
 
-def unit_x_first(x):
-    """The single-neuron unit written with the data on the left of the contraction."""
+CONTRACTIONS = {"w @ x.T": lambda w, x: w @ x.T, "x @ w": lambda w, x: x @ w,
+                "einsum": lambda w, x: jnp.einsum("d,pd->p", w, x)}
+
+
+def unit_written(form):
+    """The single-neuron unit with its contraction ⟨w, x_p⟩ written as ``form``."""
     import numpyro
     import numpyro.distributions as dist
 
-    d = x.shape[-1]
-    a = numpyro.sample("a", dist.Normal(0.0, neuron.DEFAULTS["prior_scale_a"]))
-    w = numpyro.sample("w", dist.Normal(0.0, neuron.DEFAULTS["prior_scale_w"] / math.sqrt(d)).expand([d]).to_event(1))
-    return a * jnp.tanh(x @ w)
+    def unit(x):
+        d = x.shape[-1]
+        a = numpyro.sample("a", dist.Normal(0.0, neuron.DEFAULTS["prior_scale_a"]))
+        w = numpyro.sample("w", dist.Normal(0.0, neuron.DEFAULTS["prior_scale_w"] / math.sqrt(d)).expand([d]).to_event(1))
+        return a * jnp.tanh(CONTRACTIONS[form](w, x))
+
+    return unit
+
+
+class PlainVmap(mfsde.FreeEnergy):
+    """Before the layout rewrite: the unit's plain vmap over particles."""
+
+    def features(self, particles, x):
+        return jax.vmap(self.unit.apply, in_axes=(0, None))(particles, x)
+
+
+def bench_forms(fe, p0, steps, repeats):
+    """ms/step of each contraction form, rewritten (mfsde) and plain vmap (before), the
+    configurations interleaved in every round so that machine noise hits them alike."""
+    key = jax.random.key(2)
+    runs = {(form, how): ours(cls(unit_written(form), fe.x, fe.y, beta=fe.beta), steps)
+            for form in CONTRACTIONS for how, cls in (("mfsde", mfsde.FreeEnergy), ("plain vmap", PlainVmap))}
+    for run in runs.values():
+        jax.block_until_ready(run(key, p0))
+    times = {c: [] for c in runs}
+    for _ in range(repeats):
+        for c, run in runs.items():
+            t = time.perf_counter()
+            jax.block_until_ready(run(key, p0))
+            times[c].append((time.perf_counter() - t) / steps)
+    return {c: (min(v), sorted(v)[len(v) // 2]) for c, v in times.items()}
 
 
 def gemm_pair(x, steps):
@@ -147,8 +181,7 @@ def bench_step(n, p, d, steps, repeats):
     t_mm = timeit(matmul, a, b, repeats=repeats * 3)
     t_pair = timeit(gemm_pair(fe.x, steps), a, repeats=repeats) / steps
     t_ours = timeit(ours(fe, steps), key, p0, repeats=repeats) / steps
-    fe_xw = mfsde.FreeEnergy(unit_x_first, fe.x, fe.y, beta=fe.beta)
-    t_xw = timeit(ours(fe_xw, steps), key, p0, repeats=repeats) / steps
+    t_forms = bench_forms(fe, p0, steps, 2 * repeats)
     fe_one = mfsde.FreeEnergy(fe.unit, fe.x, fe.y, beta=fe.beta, chunk_size=None)
     t_one = timeit(ours(fe_one, steps), key, p0, repeats=repeats) / steps
     t_scan = timeit(scan_reference(fe, steps), key, p0, repeats=repeats) / steps
@@ -159,7 +192,8 @@ def bench_step(n, p, d, steps, repeats):
         n=n, p=p, d=d, steps=steps, device=str(jax.devices()[0].device_kind), backend=jax.default_backend(),
         matmul_s=t_mm, matmul_gflops=2 * n * p * d / t_mm / 1e9,
         step_s=t_ours, step_gflops=flops / t_ours / 1e9,
-        scan_step_s=t_scan, fused_step_s=t_fused, gemm_pair_s=t_pair, x_first_step_s=t_xw,
+        scan_step_s=t_scan, fused_step_s=t_fused, gemm_pair_s=t_pair,
+        forms_step_s={f"{form} ({how})": t for (form, how), t in t_forms.items()},  # (min, median)
         one_chunk_step_s=t_one, chunk=fe.chunk_for(n),
         ratio_to_matmul=(flops / t_ours) / (2 * n * p * d / t_mm),
         ratio_to_gemm_pair=t_pair / t_ours,
@@ -176,7 +210,13 @@ def bench_step(n, p, d, steps, repeats):
     print(f"  hand-fused JAX step (one chunk):      {t_fused * 1e3:9.3f} ms  = {100 * res['fused_ratio_to_matmul']:.1f}% of the matmul's"
           f" throughput;  generic/fused = {res['ours_over_fused']:.3f}")
     print(f"  same step, one chunk (chunk_size=None): {t_one * 1e3:9.3f} ms   (x {t_one / t_ours:.2f})")
-    print(f"  same step, unit written x @ w:          {t_xw * 1e3:9.3f} ms   (x {t_xw / t_ours:.2f})")
+    fastest = [min(t[i] for (_, how), t in t_forms.items() if how == "mfsde") for i in (0, 1)]
+    print(f"  the unit's contraction written three ways ({2 * repeats} interleaved rounds; best and median,"
+          " ratio to the fastest mfsde form):")
+    for (form, how), (best, med) in t_forms.items():
+        print(f"    {form:8s} {how:10s} best {best * 1e3:8.3f} ms  x {best / fastest[0]:.2f}"
+              f"   median {med * 1e3:8.3f} ms  x {med / fastest[1]:.2f}")
+    res["forms_spread_best"] = max(t[0] for (_, how), t in t_forms.items() if how == "mfsde") / fastest[0]
     return res
 
 

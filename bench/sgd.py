@@ -3,7 +3,10 @@ and the reduced dynamics' time to t = 40 (isotropic r; planted (a, s, r)), in on
 
 SGD at N = 800 units, d = 320, minibatch B: each step is a forward (N, d) @ (d, B) and a
 backward of the same shape; the reference is the GEMM pair (N, d) @ (d, B) and
-(N, B) @ (B, d) timed in a lax.fori_loop of the same length. The reduction runs
+(N, B) @ (B, d) timed in a lax.fori_loop of the same length. Also timed, as lax.scan loops
+of the same length: the SGD step (``SGDStep``) with a fixed minibatch (the gradient's own
+cost), and the step before issue 15, whose minibatch XLA fused into its consumers (no
+``optimization_barrier``) and recomputed for every unit. The reduction runs
 ``mfsde.langevin`` (β = ∞) on 10⁴ radii with dt0 = 0.01.
 
 Usage: python bench/sgd.py [--n 800 --d 320 --batch 1 --steps 20000] [--smoke]
@@ -19,6 +22,7 @@ import jax
 import jax.numpy as jnp
 
 import mfsde
+from mfsde.dynamics import SGDStep
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 gm = mfsde.load_model(ROOT / "models" / "gaussian_mixture.py")
@@ -37,12 +41,36 @@ def gemm_pair(n, d, b, steps):
     return run
 
 
-def timed(fn):
-    """(seconds of the second call, its result); the first call compiles."""
+class StepBefore(SGDStep):
+    """The SGD step as it was before issue 15: the minibatch not materialised."""
+
+    def batch(self, key):
+        return self.sampler(key, self.batch_size)
+
+
+def scanned(step, steps, fixed_batch=None):
+    """K SGD steps in a plain lax.scan (no driver, no saving)."""
+    @jax.jit
+    def run(key, th):
+        def body(th, k):
+            if fixed_batch is None:
+                return step(jax.random.fold_in(key, k), k * step.step_size, th), None
+            return th - step.step_size * step.fe.grad_potential_and_output(th, *fixed_batch)[0], None
+
+        return jax.lax.scan(body, th, jnp.arange(steps))[0]
+
+    return run
+
+
+def timed(fn, repeats: int = 1):
+    """(best seconds of ``repeats`` calls after the first, its result); the first compiles."""
     jax.block_until_ready(fn())
-    t = time.perf_counter()
-    out = jax.block_until_ready(fn())
-    return time.perf_counter() - t, out
+    best = float("inf")
+    for _ in range(repeats):
+        t = time.perf_counter()
+        out = jax.block_until_ready(fn())
+        best = min(best, time.perf_counter() - t)
+    return best, out
 
 
 def main():
@@ -60,13 +88,21 @@ def main():
                                        jax.random.key(0), num_eval=1024)
     w0 = fe.prior_sample(jax.random.key(1), args.n)
     t_sgd, _ = timed(lambda: mfsde.sgd(fe, jax.random.key(2), w0, num_steps=args.steps, step_size=0.01, batch_size=args.batch,
-                                       save_every=args.steps, progress=False).particles)
+                                       save_every=args.steps, progress=False).particles, repeats=3)
     x = jax.random.normal(jax.random.key(3), (args.batch, args.d))
     ref = gemm_pair(args.n, args.d, args.batch, args.steps)
-    t_mm, _ = timed(lambda: ref(w0, x))
+    t_mm, _ = timed(lambda: ref(w0, x), repeats=3)
     print(f"device: {jax.devices()[0].device_kind}; SGD N={args.n} d={args.d} B={args.batch}, {args.steps} steps")
     print(f"sgd: {args.steps / t_sgd:.0f} steps/s; GEMM pair: {args.steps / t_mm:.0f} steps/s; "
           f"sgd/gemm time ratio {t_sgd / t_mm:.2f} (incl. sampling the minibatch and one risk save)")
+    unit_schedule = lambda t: 1.0  # noqa: E731
+    for label, cls, fixed in (("SGD step in a lax.scan", SGDStep, None),
+                              ("the step before issue 15 (minibatch not materialised)", StepBefore, None),
+                              ("gradient only, one fixed minibatch", SGDStep, fe.sampler(jax.random.key(7), args.batch))):
+        step = cls(fe, 0.01, args.batch, False, False, unit_schedule, fe.sampler)
+        run = scanned(step, args.steps, fixed)
+        t_scan, _ = timed(lambda: run(jax.random.key(2), w0), repeats=3)  # noqa: B023
+        print(f"  {label}: {args.steps / t_scan:.0f} steps/s (sgd / this = {t_sgd / t_scan:.2f})")
     t1 = 2.0 if args.smoke else 40.0
     reductions = [
         (f"reduced dynamics, {args.radii} radii", gm.reduced_problem(0.8),

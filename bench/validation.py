@@ -98,15 +98,19 @@ def bench_rates(repeats, smoke, kinds_only=None):
     # interleave chains so that the two replicates of a run come from different chains
     starts = jnp.swapaxes(post.samples, 0, 1).reshape(-1, n, fe.dim)
     mcmc = dict(num_warmup=60, num_samples=60) if smoke else {}
+    # every save's Stein residual (not the default budget): these rates are the check's power
+    # with the in-run time-step test
     kinds = {
-        "stationary": lambda keys, s, r: mfsde.langevin(fe, keys, s, t1=t_stat, dt0=0.2, progress=False),
+        "stationary": lambda keys, s, r: mfsde.langevin(fe, keys, s, t1=t_stat, dt0=0.2, progress=False,
+                                                        diagnostics=True),
         "stopped early": lambda keys, s, r: mfsde.langevin(
             fe, keys, mfsde.overdispersed_starts(fe, jax.random.key(500 + r), 2, n), t1=t_early, dt0=0.2,
-            progress=False),
+            progress=False, diagnostics=True),
         "step too large": lambda keys, s, r: mfsde.langevin(fe, keys, s, t1=t_hot, dt0=0.5, solver=diffrax.Euler(),
-                                                            progress=False),
+                                                            progress=False, diagnostics=True),
         "step far too large": lambda keys, s, r: mfsde.langevin(fe, keys, s, t1=t_hot, dt0=1.0,
-                                                                solver=diffrax.Euler(), progress=False),
+                                                                solver=diffrax.Euler(), progress=False,
+                                                                diagnostics=True),
     }
     print(f"verdict rates: planted neuron d={d}, P={p}, N={n}, beta={beta:g}, {repeats} runs of 2 replicates per kind")
     out = {}

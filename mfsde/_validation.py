@@ -308,6 +308,11 @@ def _solver_named(name: str):
     return cls() if isinstance(cls, type) else None
 
 
+def _diagnostics_every(traj) -> int:
+    """k of ``diagnostic_policy``: in-run diagnostics at every k-th save, 0 at none."""
+    return int(dict(traj.info).get("diagnostics_every", 1))
+
+
 def stein_test(traj, burn_in: float = 0.5) -> SteinTest | None:
     """``SteinTest`` of a trajectory that saved ``stein_residual`` (langevin's diagnostics).
 
@@ -315,7 +320,7 @@ def stein_test(traj, burn_in: float = 0.5) -> SteinTest | None:
     (the stationary part ``mfsde.convergence`` judges), all replicate runs pooled; the
     standard error is sd/√ESS with ArviZ's ESS. None when the run did not record it.
     """
-    from .diagnostics._convergence import _ess, _uniform_saves
+    from .diagnostics._convergence import _ess, _uniform_saves, diagnostic_series
     from .dynamics import Trajectory
 
     if not isinstance(traj, Trajectory):
@@ -331,6 +336,8 @@ def stein_test(traj, burn_in: float = 0.5) -> SteinTest | None:
     res = np.asarray(obs["stein_residual"], np.float64)
     curv = np.asarray(obs["stein_curvature"], np.float64)
     res, curv = (a[None] if a.ndim == 1 else a for a in (res, curv))
+    every = _diagnostics_every(traj)
+    (res, _), (curv, ts) = diagnostic_series(res, ts, every), diagnostic_series(curv, ts, every)
     keep = _uniform_saves(ts, float(dict(traj.info).get("dt0", 0.0)))
     ts, res, curv = ts[keep], res[:, keep], curv[:, keep]
     part = ts >= ts[0] + burn_in * (ts[-1] - ts[0])
@@ -428,6 +435,13 @@ def check_fixed_point(fe: FreeEnergy, key: PRNGKeyArray, particles, *, num_chain
     temp = "" if stein is None else (f"; configurational temperature along the data directions "
                                      f"{stein.temperature:.4f} (Stein residual z = {stein.z:+.2f}; an excess of "
                                      f"{stein.detectable_excess(z_crit):.2g} would be caught with probability 0.95)")
+    if traj is not None and stein is None:
+        k = _diagnostics_every(traj)
+        why = ("" if k == 1 else (" (it computed no in-run diagnostics: diagnostics=False, or too short a run for the "
+                                                 "default budget)") if k == 0
+               else f" (the default diagnostics budget computed them at every {k}-th save)")
+        temp = (f"; no configurational-temperature (time-step) test: the run saved too few Stein residuals{why}; "
+                f"run langevin with diagnostics=True for it")
     limit = f"; Bonferroni limit |z| <= {z_crit:.2f} at level {level:g}"
     stats = snap + temp + limit
     conv = convergence(to_inference_data(traj, fe)) if traj is not None else None

@@ -19,6 +19,7 @@ from jaxtyping import Array, Float, PRNGKeyArray
 
 from ._blocks import row_blocks
 from ._checks import finite, is_traced
+from ._layout import particle_axis_first
 from .model import UnitModel
 from .particles import Particles, as_measure, weighted_mean
 
@@ -183,8 +184,12 @@ class FreeEnergy(eqx.Module):
         return self._check_particles(theta), w
 
     def features(self, particles: Float[Array, "n d"], x: Array) -> Float[Array, "n p"]:
-        """σ(x_p; θ_i) for all particles and inputs, shape (N, P). Memory O(N·P): for chunks."""
-        return jax.vmap(self.unit.apply, in_axes=(0, None))(particles, x)
+        """σ(x_p; θ_i) for all particles and inputs, shape (N, P). Memory O(N·P): for chunks.
+
+        The unit is vmapped over particles with its contractions rewritten θ-first
+        (``_layout.particle_axis_first``), so ``x @ w`` and ``w @ x.T`` give the same
+        particle-first program."""
+        return jax.vmap(particle_axis_first(self.unit.apply), in_axes=(0, None))(particles, x)
 
     def output(self, particles: Float[Array, "n d"] | Particles, x: Array | None = None) -> Float[Array, " p"]:
         """f_ρ(x_p) = Σ_i w_i σ(x_p; θ_i) on the data (or on new inputs ``x``), shape (P,);

@@ -11,12 +11,12 @@ Example (the lecture's planted-neuron student)::
     def unit(x):                                   # x: (P, d)
         a = numpyro.sample("a", dist.Normal(0.0, 1.0))
         w = numpyro.sample("w", dist.Normal(0.0, 1.0 / d**0.5).expand([d]).to_event(1))
-        return a * jnp.tanh(w @ x.T)               # (P,)
+        return a * jnp.tanh(x @ w)                 # (P,)
 
-Performance: mfsde evaluates all N units at once by ``jax.vmap`` over the particles. Write
-contractions with the parameter on the left (``w @ x.T``, not ``x @ w``): JAX then puts the
-particle axis first in every (N, P) intermediate, while ``x @ w`` puts it last and XLA
-transposes an (N, P) array in each step (about 1.8x slower on CPU, bench/README.md).
+Performance: mfsde evaluates all N units at once by ``jax.vmap`` over the particles, with
+each contraction of data against θ rewritten θ-first at trace time (``mfsde._layout``), so
+``x @ w``, ``w @ x.T`` and ``einsum("d,pd->p", w, x)`` all keep the particle axis first in
+every (N, P) intermediate and run the same program.
 """
 
 from __future__ import annotations

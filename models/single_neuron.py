@@ -35,8 +35,6 @@ def make_unit(prior_scale_a: float = DEFAULTS["prior_scale_a"], prior_scale_w: f
         d = x.shape[-1]
         a = numpyro.sample("a", dist.Normal(0.0, prior_scale_a))
         w = numpyro.sample("w", dist.Normal(0.0, prior_scale_w / jnp.sqrt(d)).expand([d]).to_event(1))
-        # parameter on the left: under the particle vmap the particle axis leads (N, P)
-        # intermediates, which saves XLA two transposes a step (mfsde.model docstring).
         return output_scale * a * activation(w @ x.T)
 
     return unit

@@ -67,7 +67,7 @@ def main() -> int:
 
     start = time.perf_counter()
     traj = mfsde.langevin(fe, jax.random.split(key_run, runs), particles0, t1=t1, dt0=dt0, ts=ts,
-                          observables={"alignment": alignment})
+                          observables={"alignment": alignment}, diagnostics=True)  # the Stein test's power: every save
     risk = np.asarray(jax.block_until_ready(traj.observables["risk"])).mean(0)
     align = np.asarray(traj.observables["alignment"]).mean(0)
     elapsed = time.perf_counter() - start

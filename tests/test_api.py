@@ -23,7 +23,7 @@ import pytest
 
 import mfsde
 
-LANGEVIN = dict(t1=0.4, dt0=0.1, ts=[0.0, 0.2, 0.4])
+LANGEVIN = dict(t1=0.4, dt0=0.1, ts=[0.0, 0.2, 0.4], diagnostics=True)
 HOST = "host-side post-processing (ArviZ / xarray / numpy statistics) of a finished run"
 SCALAR = "returns a scalar or a function, not a sample"
 

@@ -99,7 +99,7 @@ def test_w2_bound_needs_gaussian_prior():
     with pytest.raises(ValueError, match="Gaussian prior"):
         mfsde.w2_to_prior_bound(fe.prior_sample(jax.random.key(0), 10), fe)
     # langevin simply omits the bound for such priors
-    traj = mfsde.langevin(fe, jax.random.key(1), fe.prior_sample(jax.random.key(2), 20), t1=0.2, dt0=0.1)
+    traj = mfsde.langevin(fe, jax.random.key(1), fe.prior_sample(jax.random.key(2), 20), t1=0.2, dt0=0.1, diagnostics=True)
     assert "kl_to_prior" in traj.observables and "w2_to_prior_bound" not in traj.observables
 
 
@@ -112,7 +112,7 @@ def test_inference_data_sites_groups_round_trip(tmp_path):
     x = jax.random.normal(jax.random.key(0), (30, 2))
     fe = mfsde.FreeEnergy(unit, x, jnp.sin(x[:, 0]), beta=20.0)
     keys = jax.random.split(jax.random.key(1), 2)
-    traj = mfsde.langevin(fe, keys, fe.prior_sample(jax.random.key(2), 16), t1=0.5, dt0=0.05)
+    traj = mfsde.langevin(fe, keys, fe.prior_sample(jax.random.key(2), 16), t1=0.5, dt0=0.05, diagnostics=True)
     idata = mfsde.to_inference_data(traj, fe)
     post = idata["posterior"]
     assert post["scale"].shape == (2, 16) and post["w"].shape == (2, 16, 2, 2)
@@ -136,7 +136,7 @@ def test_free_energy_and_kl_along_run_reach_fixed_point(lin, linear):
     n = 3000
     # LM's stationary law is exact for this Gaussian target: dt0 = 0.05 adds no bias
     traj = mfsde.langevin(fe, jax.random.key(8), fe.prior_sample(jax.random.key(9), n), t1=12.0, dt0=0.05,
-                          ts=[12.0])
+                          ts=[12.0], diagnostics=True)
     m = linear.fixed_point_mean(x, y, BETA, S)
     kl = linear.kl_fixed_point(x, y, BETA, S)
     # f_ρ* = X m*: the risk of the fixed point

@@ -143,3 +143,67 @@ def test_bad_particles(nonlinear):
     with pytest.raises(ValueError, match="particles must have shape"):
         fe.grad_potential(th[0])
     assert mfsde.FreeEnergy(fe.unit, fe.x, fe.y, beta=math.inf).beta == math.inf
+
+
+def _tanh_unit(form):
+    """The planted-neuron unit a·tanh(⟨w, x⟩), its contraction written three ways (and once
+    inside a nested jit, and once with a ReLU, a custom_jvp primitive, on top)."""
+    import numpyro
+    import numpyro.distributions as dist
+
+    contract = {"w @ x.T": lambda w, x: w @ x.T, "x @ w": lambda w, x: x @ w,
+                "einsum": lambda w, x: jnp.einsum("d,pd->p", w, x),
+                "jit(x @ w)": jax.jit(lambda w, x: x @ w),
+                "relu(x @ w)": lambda w, x: jax.nn.relu(x @ w) - jax.nn.relu(-(x @ w))}[form]
+
+    def unit(x):
+        a = numpyro.sample("a", dist.Normal(0.0, 1.0))
+        w = numpyro.sample("w", dist.Normal(0.0, 1.0).expand([x.shape[-1]]).to_event(1))
+        return a * jnp.tanh(contract(w, x))
+
+    return unit
+
+
+UNIT_FORMS = ["w @ x.T", "x @ w", "einsum", "jit(x @ w)", "relu(x @ w)"]
+
+
+@pytest.fixture(scope="module")
+def unit_forms(nonlinear):
+    fe0, _ = nonlinear
+    return {form: mfsde.FreeEnergy(_tanh_unit(form), fe0.x, fe0.y, beta=fe0.beta, chunk_size=None)
+            for form in UNIT_FORMS}
+
+
+def test_unit_forms_give_identical_results(nonlinear, unit_forms):
+    """However the contraction is written (x @ w is rewritten θ-first at trace time), the
+    output, ∇Ψ and Ψ agree to float64 rounding (the same sums in another order), and with
+    the plain vmap of the unit. (relu(z) − relu(−z) = z exactly, so that form too.)"""
+    fe0, th = nonlinear
+    ref = [fe0.potentials_grads_and_output(th), jax.vmap(fe0.unit.apply, in_axes=(0, None))(th, fe0.x)]
+    for form, fe in unit_forms.items():
+        got = [fe.potentials_grads_and_output(th), fe.features(th, fe.x)]
+        for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(ref)):
+            np.testing.assert_allclose(a, b, rtol=1e-13, atol=1e-15, err_msg=form)
+
+
+def _np_transposes(jaxpr, n, p):
+    """The transposes of an array with both an N and a P axis in a jaxpr, nested ones included."""
+    found = []
+    for eqn in jaxpr.eqns:
+        if eqn.primitive.name == "transpose" and {n, p} <= set(eqn.outvars[0].aval.shape):
+            found.append(eqn.outvars[0].aval.shape)
+        for sub in jax.extend.core.jaxprs_in_params(eqn.params):
+            found += _np_transposes(sub, n, p)
+    return found
+
+
+def test_no_particle_by_data_transpose_in_a_step(nonlinear, unit_forms):
+    """The mechanism, not only the values: the gradient pass of every form has no (N, P)
+    transpose, while the unit's plain vmap (the layout JAX's batching gives x @ w) has."""
+    fe0, th = nonlinear
+    n, p = th.shape[0], fe0.num_data
+    for form, fe in unit_forms.items():
+        assert _np_transposes(jax.make_jaxpr(fe.potentials_grads_and_output)(th).jaxpr, n, p) == [], form
+    plain = unit_forms["x @ w"]
+    vjp_plain = jax.make_jaxpr(lambda t: jax.vjp(jax.vmap(plain.unit.apply, in_axes=(0, None)), t, plain.x))(th)
+    assert _np_transposes(vjp_plain.jaxpr, n, p)

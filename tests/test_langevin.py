@@ -250,3 +250,53 @@ def test_saves_are_states_of_the_chain():
     with pytest.raises(ValueError, match="within one step"):
         solve(ParticleSDE(Drift(), Noise()), jax.random.key(1), y0, t0=0.0, t1=8.0, dt0=h,
               solver=diffrax.Euler(), observables=obs, ts=np.array([3.1, 3.2]))
+
+
+@pytest.mark.parametrize("steps,saves,n,p", [(20, 21, 4096, 4096), (100, 101, 128, 256), (1000, 101, 128, 256), (400, 101, 64, 64),
+                                             (5000, 101, 16384, 1024), (6000, 101, 512, 512), (10**5, 101, 10**5, 1024),
+                                             (300, 7, 64, 64)])
+def test_diagnostics_budget_policy_chooses_what_it_says(steps, saves, n, p):
+    """The default in-run diagnostics (``_diagnostic_saves``): every k-th save counted
+    back from the last, the densest such grid whose cost model, (c + N/P) drift
+    evaluations a save, stays within 10% of the run's S drift evaluations."""
+    from mfsde.dynamics._diagnostic_saves import _SAVE_DRIFTS, diagnostic_save_indices, diagnostics_every
+
+    per_save = _SAVE_DRIFTS + n / p
+    k = diagnostics_every(steps, saves, n, p)
+    idx = diagnostic_save_indices(saves, k)
+    assert idx.size * per_save <= 0.1 * steps
+    if k == 0:
+        assert idx.size == 0 and per_save > 0.1 * steps  # not even one save is affordable
+        return
+    assert idx[-1] == saves - 1 and np.all(np.diff(idx) == k) and idx[0] < k
+    if k > 1:  # the next denser grid would break the budget
+        assert diagnostic_save_indices(saves, k - 1).size * per_save > 0.1 * steps
+
+
+def test_default_run_saves_diagnostics_on_the_budgeted_saves(neuron):
+    """A default run has its diagnostics exactly on the policy's saves (NaN elsewhere), says
+    so in its info, and the verdicts read those saves only; ``diagnostics=True`` has them at
+    every save, and a run too short for one has none."""
+    from mfsde.dynamics._diagnostic_saves import diagnostic_save_indices, diagnostics_every
+
+    x, y = neuron.make_data(jax.random.key(5), num_data=64, dim=2)
+    fe = mfsde.FreeEnergy(neuron.unit, x, y, beta=50.0)
+    p0 = fe.prior_sample(jax.random.key(6), 64)
+    traj = mfsde.langevin(fe, jax.random.key(7), p0, t1=80.0, dt0=0.02)
+    k = diagnostics_every(4000, 101, 64, 64)
+    assert dict(traj.info)["diagnostics_every"] == k and 1 < k < 101
+    finite = np.flatnonzero(np.isfinite(np.asarray(traj.observables["kl_to_prior"])))
+    np.testing.assert_array_equal(finite, diagnostic_save_indices(101, k))
+    assert np.all(np.isfinite(np.asarray(traj.observables["stein_residual"]))[finite])
+    assert np.all(np.isfinite(np.asarray(traj.observables["risk"])))
+    st = mfsde.stein_test(traj)
+    assert st is not None and math.isfinite(st.z)
+    verdict = mfsde.convergence(mfsde.to_inference_data(traj, fe))
+    assert "cannot judge" not in verdict.reason
+    assert {"kl_to_prior", "free_energy"} <= {v.name for v in verdict.observables}
+    every = mfsde.langevin(fe, jax.random.key(7), p0, t1=1.0, dt0=0.02, diagnostics=True)
+    assert dict(every.info)["diagnostics_every"] == 1 and np.all(np.isfinite(np.asarray(every.observables["kl_to_prior"])))
+    short = mfsde.langevin(fe, jax.random.key(7), p0, t1=1.0, dt0=0.02)
+    assert dict(short.info)["diagnostics_every"] == 0 and "kl_to_prior" not in short.observables
+    with pytest.raises(TypeError, match="diagnostics must be True, False or None"):
+        mfsde.langevin(fe, jax.random.key(7), p0, t1=1.0, dt0=0.02, diagnostics="all")

@@ -81,7 +81,7 @@ def test_stein_residual_zero_under_exact_law_positive_for_euler(lin):
     z = {}
     for name, solver in (("euler", diffrax.Euler()), ("lm", mfsde.LeimkuhlerMatthews())):
         traj = mfsde.langevin(fe, keys, start, t1=300.0, dt0=0.6, solver=solver, ts=np.linspace(0, 300, 301),
-                              progress=False)
+                              progress=False, diagnostics=True)
         test = mfsde.stein_test(traj)
         z[name] = test.z
     assert z["euler"] > 4.5 and abs(z["lm"]) < 4.5, z
@@ -113,10 +113,14 @@ def test_check_passes_stationary_run_and_names_causes(small_neuron):
     early = mfsde.langevin(fe, keys, p0, t1=20.0, dt0=0.2, progress=False)
     check = mfsde.check_fixed_point(fe, jax.random.key(3), early)
     assert not check.passed and check.cause == "not stationary" and "[a]" in check.reason, check.reason
+    # 100 steps: the default budget affords no in-run diagnostics, and the verdict says the
+    # time-step test is missing
+    assert dict(early.info)["diagnostics_every"] == 0 and "diagnostics=True" in check.reason, check.reason
     very_early = mfsde.langevin(fe, keys, p0, t1=2.0, dt0=0.2, progress=False, diagnostics=False)
     bare = mfsde.check_fixed_point(fe, jax.random.key(3), very_early.particles[0])
     assert not bare.passed and bare.cause == "unexplained" and bare.test.statistic > 5, bare.reason
-    hot = mfsde.langevin(fe, keys, done.particles, t1=1200.0, dt0=1.0, solver=diffrax.Euler(), progress=False)
+    hot = mfsde.langevin(fe, keys, done.particles, t1=1200.0, dt0=1.0, solver=diffrax.Euler(), progress=False,
+                         diagnostics=True)
     check = mfsde.check_fixed_point(fe, jax.random.key(3), hot)
     assert not check.passed and check.cause == "time-step bias", check.reason
     assert check.stein.temperature > 1.03 and check.half_step.temperature < check.stein.temperature

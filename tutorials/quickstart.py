@@ -40,14 +40,14 @@ WARMUP, DRAWS = (100, 100) if SMOKE else (500, 500)
 # %% [markdown]
 # ## 1. A unit model
 # A unit a·tanh(⟨w, x⟩) with Gaussian priors. Its sample sites are the unit's parameters;
-# it returns σ(x; θ) for a batch of inputs. (Parameter on the left of the contraction:
-# `w @ x.T` keeps the particle axis first, which is faster.)
+# it returns σ(x; θ) for a batch of inputs. (`x @ w`, `w @ x.T` or an einsum: mfsde rewrites
+# the contraction at trace time so that every form runs the same particle-first program.)
 
 # %%
 def unit(x):
     a = numpyro.sample("a", dist.Normal(0.0, 1.0))
     w = numpyro.sample("w", dist.Normal(0.0, 1.0 / jnp.sqrt(x.shape[-1])).expand([x.shape[-1]]).to_event(1))
-    return a * jnp.tanh(w @ x.T)
+    return a * jnp.tanh(x @ w)
 
 
 kx, kw = jax.random.split(jax.random.key(0))

@@ -77,7 +77,7 @@ segments, rows_t = [], []
 t0 = 0.0
 for k, t1 in enumerate(bounds):
     seg = mfsde.langevin(fe, jax.random.split(jax.random.key(10 + k), R), particles, t0=t0, t1=float(t1), dt0=DT,
-                         ts=np.linspace(t0, t1, 26), progress=False)
+                         ts=np.linspace(t0, t1, 26), progress=False, diagnostics=True)
     segments.append(seg)
     particles, t0 = seg.particles, float(t1)
     so_far = seg._replace(
@@ -118,7 +118,8 @@ for name, solver in (("Euler", diffrax.Euler()), ("Leimkuhler-Matthews", mfsde.L
             excess[name].append((np.nan, np.nan))  # near Euler's stability edge the chain is far off
             continue
         run = mfsde.langevin(fe, jax.random.split(jax.random.key(200 + i), R), stationary, t0=T, t1=T + span,
-                             dt0=float(h), solver=solver, ts=np.linspace(T, T + span, 26 if SMOKE else 201), progress=False)
+                             dt0=float(h), solver=solver, ts=np.linspace(T, T + span, 26 if SMOKE else 201), progress=False,
+                             diagnostics=True)
         st = mfsde.stein_test(run)
         excess[name].append((st.temperature - 1.0, st.se / max(abs(st.mean), 1e-300) * abs(st.temperature - 1.0)))
         print(f"{name:20s} dt0 = {h:5.3f} (dt0 lambda_max = {h * lam:.2f}): temperature - 1 = "

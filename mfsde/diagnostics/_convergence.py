@@ -115,6 +115,22 @@ class ObservableConvergence(NamedTuple):
     reason: str
 
 
+def diagnostic_series(values, ts, every: int) -> tuple[np.ndarray, np.ndarray]:
+    """(values, ts) at the saves that hold an observable: all of them, or for a diagnostic
+    saved only at every ``every``-th save counted back from the last (NaN at the others,
+    ``langevin``'s default budget) those saves."""
+    values, ts = np.asarray(values), np.asarray(ts)
+    if every <= 1 or ts.size < 2:
+        return values, ts
+    from ..dynamics._diagnostic_saves import diagnostic_save_indices
+
+    idx = diagnostic_save_indices(ts.size, every)
+    others = np.setdiff1d(np.arange(ts.size), idx)
+    if not np.all(np.isnan(values[..., others])):  # saved at every save (not a thinned diagnostic)
+        return values, ts
+    return values[..., idx], ts[idx]
+
+
 def _uniform_saves(ts: np.ndarray, step: float = 0.0) -> np.ndarray:
     """Indices of the saves on the run's final equally spaced grid (ESS needs equal spacing).
 
@@ -269,8 +285,18 @@ def convergence(idata) -> Convergence:
     scales = idata["observable_scales"].to_dataset() if "observable_scales" in idata.children else {}
     const = idata["constant_data"].to_dataset() if "constant_data" in idata.children else {}
     step = float(const["dt0"].values) if "dt0" in const else 0.0
-    verdicts = tuple(equilibration(obs[k].values, ts, name=k, num_tests=len(names), step=step,
-                                   law_scale=float(scales[k].values) if k in scales else None) for k in names)
+    every = int(const["diagnostics_every"].values) if "diagnostics_every" in const else 1
+    series, unjudged = {}, []
+    for k in names:
+        v, t = diagnostic_series(obs[k].values, ts, every)
+        if t.size < ts.size and t.size < 2 * _MIN_WINDOW:
+            unjudged.append(f"{k} ({t.size})")
+        else:
+            series[k] = (v, t)
+    names = list(series)
+    verdicts = tuple(equilibration(v, t, name=k, num_tests=len(names), step=step,
+                                   law_scale=float(scales[k].values) if k in scales else None)
+                     for k, (v, t) in series.items())
     chains = int(obs.sizes["chain"])
     # the slowest: the fewest effective samples per unit of stretch, i.e. the largest IAT
     slowest = max(verdicts, key=lambda v: (not v.stationary, v.iat / max(v.run_length, 1e-300)))
@@ -311,6 +337,9 @@ def convergence(idata) -> Convergence:
         spread = None if spread is None else spread[0]
     else:
         reasons.append("one run: no R-hat across runs (pass a batch of keys to langevin)")
+    if unjudged:
+        reasons.append(f"not judged, too few diagnostic saves (the default budget of 10% of the run; "
+                       f"diagnostics=True saves them every time): {', '.join(unjudged)}")
     return Convergence(bool(ok), "; ".join(reasons), verdicts, slowest.name, rhat, spread)
 
 

@@ -57,7 +57,9 @@ def plot_observables(idata, names=("risk", "free_energy", "kl_to_prior", "w2_to_
     t = obs["time"].values
     for ax, name in zip(axes.flat, names):
         for c in range(obs.sizes["chain"]):
-            ax.plot(t, obs[name].values[c], lw=1)
+            v = obs[name].values[c]
+            saved = ~np.isnan(v)  # a diagnostic saved only at the budgeted saves is NaN at the others
+            ax.plot(t[saved], v[saved], lw=1, marker="." if not saved.all() else None, ms=3)
         if name == "risk":
             ax.set_yscale("log")
         ax.set_title(name)

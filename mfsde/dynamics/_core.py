@@ -198,6 +198,37 @@ def num_fixed_steps(t0: float, t1: float, dt0: float) -> int:
     return max(1, math.ceil((t1 - t0) / dt0 - 1e-9))
 
 
+def _check_span(t0: float, t1: float, dt0: float) -> None:
+    if not (math.isfinite(t0) and math.isfinite(t1) and t1 > t0):
+        raise ValueError(f"need finite t0 < t1, got t0={t0}, t1={t1}")
+    if not (math.isfinite(dt0) and dt0 > 0):
+        raise ValueError(f"dt0 must be a positive number, got {dt0}")
+
+
+def save_times(ts, t0: float, t1: float, dt0: float, stepsize_controller=None, noisy: bool = True):
+    """The save times a solve uses: ``ts`` checked (default: up to 101 points in [t0, t1]),
+    and for a noisy run on fixed steps moved to the nearest step (``_snap_to_steps``).
+    Times known at trace time (lists, numpy, concrete arrays) come back as numpy, even
+    under an outer jit: they decide how saving is compiled."""
+    _check_span(t0, t1, dt0)
+    if stepsize_controller is None:
+        stepsize_controller = diffrax.ConstantStepSize()
+    fixed = isinstance(stepsize_controller, diffrax.ConstantStepSize)
+    if ts is None:
+        step_to = isinstance(stepsize_controller, diffrax.StepTo)
+        n_steps = len(stepsize_controller.ts) - 1 if step_to else num_fixed_steps(t0, t1, dt0)
+        ts = np.linspace(t0, t1, min(101, n_steps + 1))
+    if not isinstance(ts, jax.core.Tracer):
+        ts = np.asarray(ts, np.float64)
+        if ts.ndim == 1 and ts.size and (np.any(np.diff(ts) <= 0) or ts[0] < t0 or ts[-1] > t1):
+            raise ValueError(f"ts must be increasing and within [t0, t1] = [{t0}, {t1}], got {ts}")
+    if jnp.ndim(ts) != 1 or jnp.shape(ts)[0] < 1:
+        raise ValueError(f"ts must be a non-empty 1-D array of times, got shape {jnp.shape(ts)}")
+    if fixed and noisy and not isinstance(ts, jax.core.Tracer):
+        ts = _snap_to_steps(ts, t0, t1, dt0)
+    return ts
+
+
 def solve(
     sde: ParticleSDE,
     key: PRNGKeyArray,
@@ -232,10 +263,7 @@ def solve(
     fixed steps, each save time moves to the nearest step (``_snap_to_steps``: observables
     are the chain's states, never an interpolant's) and the returned ``ts`` say where.
     """
-    if not (math.isfinite(t0) and math.isfinite(t1) and t1 > t0):
-        raise ValueError(f"need finite t0 < t1, got t0={t0}, t1={t1}")
-    if not (math.isfinite(dt0) and dt0 > 0):
-        raise ValueError(f"dt0 must be a positive number, got {dt0}")
+    _check_span(t0, t1, dt0)
     if sde.jump is not None or sde.drift is None:
         return _run_jumps(lambda k: (sde, k), key, y0, args, ts, False, t0=t0, t1=t1, dt0=dt0, solver=solver,
                           observables=observables, progress=progress, stepsize_controller=stepsize_controller)
@@ -246,18 +274,7 @@ def solve(
     # are never rejected, so the cheap Brownian path and forward-mode loop apply too.
     step_to = isinstance(stepsize_controller, diffrax.StepTo)
     n_steps = len(stepsize_controller.ts) - 1 if step_to else num_fixed_steps(t0, t1, dt0)
-    if ts is None:
-        ts = np.linspace(t0, t1, min(101, n_steps + 1))
-    # Save times known at trace time (lists, numpy, concrete arrays) stay numpy here, even
-    # under an outer jit: they decide how saving is compiled.
-    if not isinstance(ts, jax.core.Tracer):
-        ts = np.asarray(ts, np.float64)
-        if ts.ndim == 1 and ts.size and (np.any(np.diff(ts) <= 0) or ts[0] < t0 or ts[-1] > t1):
-            raise ValueError(f"ts must be increasing and within [t0, t1] = [{t0}, {t1}], got {ts}")
-    if jnp.ndim(ts) != 1 or jnp.shape(ts)[0] < 1:
-        raise ValueError(f"ts must be a non-empty 1-D array of times, got shape {jnp.shape(ts)}")
-    if fixed and sde.noise_scale is not None and not isinstance(ts, jax.core.Tracer):
-        ts = _snap_to_steps(ts, t0, t1, dt0)
+    ts = save_times(ts, t0, t1, dt0, stepsize_controller, sde.noise_scale is not None)
 
     terms = _terms(sde.drift, sde.noise_scale, key, y0, solver, None if fixed or step_to else (t0, t1, dt0))
 

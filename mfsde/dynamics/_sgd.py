@@ -41,12 +41,16 @@ class SGDStep(eqx.Module):
 
     def batch(self, key):
         fe = self.fe
-        if self.sampler is not None:
-            return self.sampler(key, self.batch_size)
-        if self.batch_size is None:
+        if self.batch_size is None and self.sampler is None:
             return fe.x, fe.y
-        idx = jax.random.randint(key, (self.batch_size,), 0, fe.num_data)
-        return fe.x[idx], fe.y[idx]
+        if self.sampler is not None:
+            xb, yb = self.sampler(key, self.batch_size)
+        else:
+            idx = jax.random.randint(key, (self.batch_size,), 0, fe.num_data)
+            xb, yb = fe.x[idx], fe.y[idx]
+        # Materialise the minibatch: XLA otherwise fuses the RNG (or the gather) into every
+        # consumer and recomputes it for each of the N rows (9x the step at B = 1).
+        return jax.lax.optimization_barrier((xb, yb))
 
     def __call__(self, key, t, theta):
         kb, kn = jax.random.split(key)

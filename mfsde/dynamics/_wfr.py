@@ -43,7 +43,8 @@ from ..free_energy import FreeEnergy
 from ..particles import Particles
 from ._checkpoint import data_fingerprint
 from ._sharding import hold_particle_axis, run_sharding
-from ._core import ParticleSDE, Trajectory, drive
+from ._core import ParticleSDE, Trajectory, _jump_save_steps, drive, num_fixed_steps
+from ._diagnostic_saves import at_diagnostic_saves, diagnostic_gate, diagnostic_policy
 from ._langevin import stein_residual_at_step
 from ._stability import step_stability_hint
 
@@ -248,6 +249,18 @@ class WFRObservables(eqx.Module):
     diagnostics: bool = eqx.field(static=True)
     moments: LawMoments
     extra: tuple[tuple[str, Callable], ...] = eqx.field(static=True, default=())
+    diagnostic_ts: Array | None = None
+    diagnostic_tol: float = eqx.field(static=True, default=0.0)
+
+    def _diagnostics(self, t, measure, energy):
+        fe, step = self.step.fe, self.step
+        measure = jax.lax.optimization_barrier(measure)  # as ParticleObservables._diagnostics
+        out = {"kl_to_prior": kl_to_prior(measure, fe)}
+        out["free_energy"] = energy + (0.0 if math.isinf(fe.beta) else out["kl_to_prior"] / fe.beta)
+        if not math.isinf(fe.beta) and step.birth_death:
+            out["stein_residual"], out["stein_curvature"] = stein_residual_at_step(fe, measure.theta, t,
+                                                                                   step.step_size)
+        return out
 
     def __call__(self, t, y, args=None):
         step, fe = self.step, self.step.fe
@@ -265,10 +278,8 @@ class WFRObservables(eqx.Module):
                "births": y[0, d + 1], "deaths": y[0, d + 2], "mean_sq_norm": w @ jnp.sum(theta**2, axis=1)}
         out.update(self.moments(theta, None if lw is None else w))
         if self.diagnostics:
-            out["kl_to_prior"] = kl_to_prior(measure, fe)
-            out["free_energy"] = out["energy"] + (0.0 if math.isinf(fe.beta) else out["kl_to_prior"] / fe.beta)
-            if not math.isinf(fe.beta) and step.birth_death:
-                out["stein_residual"], out["stein_curvature"] = stein_residual_at_step(fe, theta, t, step.step_size)
+            out.update(at_diagnostic_saves(lambda: self._diagnostics(t, measure, out["energy"]), t,
+                                           self.diagnostic_ts, self.diagnostic_tol))
         for name, fn in self.extra:
             out[name] = fn(measure)
         return out
@@ -332,7 +343,8 @@ def wfr(fe: FreeEnergy, key: PRNGKeyArray, particles0, *, t1: float, dt0: float,
         observables: extra name -> fn(Particles) -> scalar.
         progress: tqdm bar (default: runs of >= 5000 steps).
         diagnostics: also save kl_to_prior, free_energy and (finite β, birth–death) the Stein
-            residual; default on for N <= 4096 (the k-NN search is O(N² D) per save).
+            residual (the k-NN search is O(N² D) per save). As ``langevin``: ``True`` at
+            every save, ``None`` (default) within 10% of the run's cost.
         checkpoint_every, checkpoint_path: as ``langevin`` (draws depend on the step index
             only, so a checkpointed run equals the plain run).
         mesh: a ``jax.sharding.Mesh`` with an axis "particles": split the particles over
@@ -386,13 +398,16 @@ def wfr(fe: FreeEnergy, key: PRNGKeyArray, particles0, *, t1: float, dt0: float,
     layout = step.layout
     n = theta0.shape[-2]
     y0 = _start_state(fe, key, particles0, layout, batched)
-    if diagnostics is None:
-        diagnostics = n <= 4096
-    obs = WFRObservables(step, bool(diagnostics), LawMoments.of(fe.unit), tuple(sorted((observables or {}).items())))
-    traj = drive(ParticleSDE(jump=step), key, y0, t0=float(t0), t1=float(t1), dt0=float(dt0), observables=obs,
+    n_steps = num_fixed_steps(float(t0), float(t1), float(dt0))
+    sde = ParticleSDE(jump=step)
+    run_ts = float(t0) + _jump_save_steps(ts, float(t0), float(dt0), n_steps, sde.jump_every) * float(dt0)
+    every = diagnostic_policy(diagnostics, run_ts, float(t0), float(t1), float(dt0), None, n, fe.num_data)
+    obs = WFRObservables(step, every > 0, LawMoments.of(fe.unit), tuple(sorted((observables or {}).items())),
+                         *diagnostic_gate(run_ts, every, float(dt0), theta0.dtype))
+    traj = drive(sde, key, y0, t0=float(t0), t1=float(t1), dt0=float(dt0), observables=obs,
                  ts=ts, progress=progress, checkpoint_every=checkpoint_every, checkpoint_path=checkpoint_path,
                  sharding=run_sharding(mesh, theta0),
-                 info=(("family", "wfr"), ("alpha", alpha), ("birth_death", str(birth_death)),
+                 info=(("family", "wfr"), ("diagnostics_every", every), ("alpha", alpha), ("birth_death", str(birth_death)),
                        ("bandwidth", "silverman" if bandwidth is None else bandwidth)),
                  stability_hint=lambda last: step_stability_hint(
                      fe, (("at the last finite state", None if last is None else _last_measure(last, fe.dim, birth_death)),
