@@ -29,7 +29,9 @@ from ._checks import finite, number_in, positive_int, positive_number
 from ._mcmc import check_kernel, run_chain
 from ._keys import single_key
 from ._validation import FixedPointCheck, check_fixed_point  # re-exported: their home until 0.1
+from .dynamics import Trajectory
 from .free_energy import FreeEnergy
+from .particles import Particles
 
 __all__ = ["GibbsSamples", "FixedPoint", "GibbsNormalizer", "sample_gibbs", "sample_fixed_point",
            "gibbs_log_normalizer"]
@@ -127,10 +129,26 @@ def _moments(fe: FreeEnergy, samples):
     return g, se, centred.T / math.sqrt(sub.shape[0])
 
 
+def _start_of(fe: FreeEnergy, start, num_chains: int):
+    """(f_ρ (P,), num_chains rows of the cloud) of ``sample_fixed_point``'s ``start``."""
+    cloud = start.particles if isinstance(start, Trajectory) else start
+    if not isinstance(cloud, Particles):
+        cloud = jnp.asarray(cloud, fe.x.dtype)
+        if cloud.ndim == 3 and isinstance(start, Trajectory):
+            cloud = cloud.reshape(-1, cloud.shape[-1])  # replicate runs: one pooled cloud
+    theta = fe._check_particles(cloud)
+    finite("start", theta)
+    n = theta.shape[0]
+    if n < num_chains:
+        raise ValueError(f"start has {n} particles, fewer than num_chains = {num_chains} (one start per chain)")
+    rows = (jnp.arange(num_chains) * n) // num_chains
+    return fe.output(cloud), jnp.asarray(theta, fe.x.dtype)[rows]
+
+
 def sample_fixed_point(fe: FreeEnergy, key: PRNGKeyArray, *, num_chains: int = 4, num_warmup: int = 500,
                        num_samples: int = 500, kernel: str = "nuts", tol: float = 1e-2, max_iter: int = 10,
                        output0: Array | None = None, damping: float = 1.0,
-                       num_integration_steps: int = 16) -> FixedPoint:
+                       num_integration_steps: int = 16, start=None) -> FixedPoint:
     """Sample ρ* = G[ρ*] by Newton iteration on f ↦ E_{G[f]}[σ], each round a BlackJAX run.
 
     Round k samples G[f_k] (chains warm-started from the previous round's last states),
@@ -139,7 +157,13 @@ def sample_fixed_point(fe: FreeEnergy, key: PRNGKeyArray, *, num_chains: int = 4
     Monte Carlo noise); otherwise f_{k+1} = f_k − damping · (I + (β/P) C)⁻¹ (f_k − g). A
     round whose residual exceeds the best so far halves the last step instead (the map is
     nonlinear and a full Newton step from far away can overshoot).
-    Starts from f_0 = ``output0`` (default 0: G[0] is the prior tilted by −β E[−yσ]).
+    Starts from f_0 = ``output0`` (default 0: G[0] is the prior tilted by −β E[−yσ]), or,
+    with ``start`` (particles (N, D), ``Particles``, or a ``Trajectory`` whose final
+    particles, replicates pooled, are used), from f_0 = f_ρ of those particles, the chains
+    starting at num_chains of them spread over the cloud. A short mean-field Langevin run is
+    such a start: far from ρ* the map f ↦ g(f) is strongly nonlinear (β Cov_G changes with
+    f) and Newton from f_0 = 0 overshoots, while from f_ρ of a Langevin cloud it is in its
+    quadratic range.
     Non-convergence within ``max_iter`` rounds warns and returns ``converged=False`` with
     the residual history. Residuals are relative, ‖f_k − g‖ / ‖g‖.
     """
@@ -154,13 +178,17 @@ def sample_fixed_point(fe: FreeEnergy, key: PRNGKeyArray, *, num_chains: int = 4
     number_in("damping", damping, 0.0, 1.0, closed_hi=True)
     if output0 is not None:
         output0 = fe._check_output(output0, "output0")
+    if start is not None:
+        if output0 is not None:
+            raise ValueError("give output0 or start (whose output is f_0), not both")
+        output0, chain_starts = _start_of(fe, start, num_chains)
     if num_samples < 2 * _BATCHES_PER_CHAIN:
         raise ValueError(f"num_samples must be at least {2 * _BATCHES_PER_CHAIN} (batch-means error), got {num_samples}")
     run = _gibbs_runner(fe, kernel, num_warmup, num_samples, num_integration_steps)
     p = fe.num_data
     f = jnp.zeros(p, fe.x.dtype) if output0 is None else jnp.asarray(output0, fe.x.dtype)
     key, k0 = jax.random.split(single_key(key, replicates="its replicates are its num_chains chains, drawn from one key"))
-    init = fe.prior_sample(k0, num_chains)
+    init = fe.prior_sample(k0, num_chains) if start is None else chain_starts
     a = fe.beta / p
     residuals, outputs, errors = [], [], []
     converged = False

@@ -49,6 +49,46 @@ def test_linear_fixed_point_where_picard_diverges(lin, linear, kernel):
     assert fp.residuals.shape[0] <= 12 and fp.acceptance.shape == (4, 500)
 
 
+def test_start_from_a_cloud_of_the_fixed_point(lin, linear):
+    """``start=``: f_0 = f_ρ of the given particles, chains at rows of the cloud. In the
+    linear case G[f] = N(−(β s²/P) Xᵀ(f − y), s²I), so the first round's residual
+    r = f_0 − X m(f_0) is known exactly; the sampled one differs by the Monte Carlo error of
+    E_G[σ], whose norm concentrates at ‖se‖ (P = 80 terms): |‖r̂‖ − ‖r‖| ≤ 4‖se‖. From exact
+    draws of ρ* (N = 400), the start is O(s/√N) off, amplified in r by at most 1 + a
+    (a = β s² λ_max(Σ̂)); Newton then converges within 5 rounds, to X m* as in the test above.
+    A ``Trajectory`` of replicate runs is pooled into one cloud."""
+    from arviz_stats import ess
+
+    fe, x, y = lin
+    sigma, _ = linear.moments(x, y)
+    amp = BETA * S**2 * np.linalg.eigvalsh(sigma).max()
+    m_star = linear.fixed_point_mean(x, y, BETA, S)
+    cloud = m_star + S * jax.random.normal(jax.random.key(7), (400, 3), jnp.float64)
+    fp = mfsde.sample_fixed_point(fe, jax.random.key(1), num_chains=4, num_warmup=300, num_samples=300, start=cloud)
+    xs, p = np.asarray(x, np.float64), x.shape[0]
+    f0 = xs @ np.asarray(cloud).mean(0)
+    r0 = f0 - xs @ (-BETA * S**2 / p * xs.T @ (f0 - np.asarray(y)))
+    g0 = np.linalg.norm(fp.outputs[0])
+    assert abs(fp.residuals[0] - np.linalg.norm(r0) / g0) <= 4 * fp.mc_errors[0], (fp.residuals, fp.mc_errors)
+    assert fp.converged and fp.residuals.shape[0] <= 5, fp.residuals
+    chains = np.asarray(fp.samples, np.float64)
+    n_eff = np.array([float(ess(chains[..., i])) for i in range(3)])
+    se = np.sqrt(np.diag(np.cov(chains.reshape(-1, 3).T)) / n_eff) * math.sqrt(1 + amp**2)
+    np.testing.assert_allclose(fp.output, xs @ m_star, atol=5 * se.max() * np.abs(xs).sum(1).max())
+
+    from mfsde.fixed_point import _start_of
+    traj = mfsde.Trajectory(ts=jnp.zeros(1), particles=cloud.reshape(2, 200, 3), observables={}, num_steps=jnp.array(0))
+    f0, rows = _start_of(fe, traj, 4)
+    np.testing.assert_allclose(f0, fe.output(cloud), rtol=1e-12)
+    np.testing.assert_array_equal(rows, cloud[::100])
+    with pytest.raises(ValueError, match="not both"):
+        mfsde.sample_fixed_point(fe, jax.random.key(1), start=cloud, output0=fe.output(cloud))
+    with pytest.raises(ValueError, match="fewer than num_chains"):
+        mfsde.sample_fixed_point(fe, jax.random.key(1), start=cloud[:3])
+    with pytest.raises(ValueError, match="start"):
+        mfsde.sample_fixed_point(fe, jax.random.key(1), start=cloud.at[0, 0].set(jnp.nan))
+
+
 def test_nonconvergence_warns(lin):
     fe, x, y = lin
     with pytest.warns(RuntimeWarning, match="did not converge"):
