@@ -78,6 +78,12 @@ def test_robustness_bench_smoke(scripts):
     assert "UnitModel trace" in res.stdout and "DivergenceError" in res.stdout and "memory check" in res.stdout
 
 
+def test_transport_bench_smoke(scripts):
+    res = scripts.run(["bench/transport.py", "--smoke"])
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "exact" in res.stdout and "POT sinkhorn" in res.stdout, res.stdout
+
+
 def test_wfr_bench_smoke(scripts):
     res = scripts.run(["bench/wfr.py", "--smoke"])
     assert res.returncode == 0, res.stdout + res.stderr
