@@ -176,7 +176,7 @@ def scripts(request, tmp_path_factory):
     for args in (["bench/langevin.py", "--smoke", "--json", str(runner.runs / "bench.json")],
                  ["bench/diagnostics.py", "--smoke"], ["bench/tzen_raginsky.py", "--smoke"],
                  ["bench/fixed_point.py", "--smoke"], ["bench/sgd.py", "--smoke"], ["bench/validation.py", "--smoke"],
-                 ["bench/robustness.py", "--smoke"], ["bench/wfr.py", "--smoke"], ["bench/transport.py", "--smoke"],
+                 ["bench/robustness.py", "--smoke"], ["bench/wfr.py", "--smoke"], ["bench/transport.py", "--smoke", "--online"],
                  ["bench/scale.py", "--smoke", "--devices", "1", "2"]):
         runner.start(args)
     yield runner

@@ -79,9 +79,10 @@ def test_robustness_bench_smoke(scripts):
 
 
 def test_transport_bench_smoke(scripts):
-    res = scripts.run(["bench/transport.py", "--smoke"])
+    res = scripts.run(["bench/transport.py", "--smoke", "--online"])
     assert res.returncode == 0, res.stdout + res.stderr
-    assert "exact" in res.stdout and "POT sinkhorn" in res.stdout, res.stdout
+    assert "exact" in res.stdout and "ott-jax" in res.stdout and "POT" in res.stdout, res.stdout
+    assert "per iteration" in res.stdout, res.stdout
 
 
 def test_wfr_bench_smoke(scripts):

@@ -4,14 +4,17 @@
   entropy estimate and log π₀ exact (unconstrained coordinates; KL is invariant under the
   constraining bijection, so this is the KL of the constrained laws as well).
 - ``w2``: exact optimal transport (POT's network simplex) for clouds up to
-  ``EXACT_MAX`` points, a debiased Sinkhorn divergence (POT) above that.
+  ``EXACT_MAX`` points, a debiased Sinkhorn divergence (ott-jax, jit-compiled, no N × M
+  matrix when it would not fit) above that.
 - ``w2_gaussian``: the Gelbrich bound W2(μ, ν) ≥ W2(N(m_μ, Σ_μ), N(m_ν, Σ_ν)) (Bures
   formula), exact for Gaussian laws; ``w2_to_prior_bound`` uses the prior's exact moments.
 """
 
 from __future__ import annotations
 
+import functools
 import math
+import warnings
 
 import jax
 import jax.numpy as jnp
@@ -21,6 +24,7 @@ from jaxtyping import Array, Float, PRNGKeyArray
 
 from .. import _checks
 from .._blocks import row_blocks, unblock
+from .._memory import available_bytes
 from .._keys import single_key
 from ..particles import Particles, as_measure
 
@@ -31,6 +35,15 @@ __all__ = ["entropy_knn", "kl_to_prior", "w2", "w2_gaussian", "w2_to_prior", "w2
 EXACT_MAX = 3000
 # Rows of the pairwise-distance matrix formed at once by the k-NN search.
 _KNN_CHUNK = 1024
+# Sinkhorn: entries of one (rows × M) block of the cost or plan formed at once (4 MB in f32:
+# a block that stays in cache is faster than larger ones, bench/README.md).
+_OT_BLOCK_ENTRIES = 1 << 20
+# Dense (the (N, M) cost kept) up to this many pairs, if _OT_DENSE_COPIES such float32 arrays
+# fit in half the memory; online (rows in blocks) above, where dense is no faster.
+_OT_DENSE_MAX_PAIRS = 1 << 27
+_OT_DENSE_COPIES = 4
+_SINKHORN_THRESHOLD = 1e-3  # ott's stopping rule: ‖P1 − a‖₁ + ‖Pᵀ1 − b‖₁ of the iterate
+_SINKHORN_MAX_ITER = 5000
 
 
 def _knn_log_distances(x: Float[Array, "n d"], k: int) -> Float[Array, " n"]:
@@ -116,10 +129,22 @@ def w2(p, q, method: str = "auto", reg: float | None = None) -> float:
     """W2 between the empirical measures of two clouds p (N, D) and q (M, D), either of
     which may be a weighted ``Particles`` (its weights are the OT marginal).
 
-    method: "exact" (POT ``emd2``, network simplex), "sinkhorn" (POT's debiased Sinkhorn
-    divergence S_ε = OT_ε(p, q) − ½OT_ε(p, p) − ½OT_ε(q, q) with squared-Euclidean cost,
-    whose square root approximates W2 up to O(ε)), or "auto": exact up to ``EXACT_MAX``
-    points. ``reg`` defaults to 1% of the mean squared distance between the clouds.
+    method:
+
+    - "exact": POT's network simplex on the (N, M) squared-distance matrix (``emd2``);
+    - "sinkhorn": the debiased Sinkhorn divergence of the transport cost,
+
+          S_ε(p, q) = ⟨γ_pq, C⟩ − ½⟨γ_pp, C⟩ − ½⟨γ_qq, C⟩,   W2 ≈ √S_ε,
+
+      γ the entropic plans at regularisation ε (C the squared Euclidean cost), solved by
+      ott-jax in float32 (its rounding is far below the O(ε) bias), jit-compiled, with
+      Anderson acceleration and a Gaussian start on the cross term; above
+      ``_OT_DENSE_MAX_PAIRS`` pairs, or the memory for ``_OT_DENSE_COPIES`` (N, M) arrays,
+      it runs online (rows in blocks of ``_OT_BLOCK_ENTRIES`` entries, no N × M array);
+    - "auto": exact up to ``EXACT_MAX`` points, Sinkhorn above.
+
+    ``reg`` (ε) defaults to 1% of the mean squared distance between the clouds. Speed and
+    accuracy per size are in bench/README.md ("Optimal transport").
     """
     import ot
 
@@ -136,11 +161,95 @@ def w2(p, q, method: str = "auto", reg: float | None = None) -> float:
             # mean squared distance without forming the N x M matrix
             mean_sq = a @ (p**2).sum(1) + b @ (q**2).sum(1) - 2 * (a @ p) @ (b @ q)
             reg = 0.01 * float(mean_sq)
-        lazy = max(len(p), len(q)) > 4 * EXACT_MAX
-        s = ot.bregman.empirical_sinkhorn_divergence(p, q, reg, a, b, metric="sqeuclidean", isLazy=lazy,
-                                                       batchSize=1000 if lazy else 100, numIterMax=10000, stopThr=1e-5)
-        return float(math.sqrt(max(float(s), 0.0)))
+        if not (math.isfinite(reg) and reg > 0):
+            raise ValueError(f"reg must be a positive number, got {reg}")
+        s, converged = _debiased_sinkhorn(p, a, q, b, reg)
+        if not converged:
+            warnings.warn(f"Sinkhorn did not converge in {_SINKHORN_MAX_ITER} iterations at reg={reg:.3g}: "
+                          "W2 is approximate; a larger reg converges faster", RuntimeWarning, stacklevel=2)
+        return float(math.sqrt(max(s, 0.0)))
     raise ValueError(f"method must be 'auto', 'exact' or 'sinkhorn', got {method!r}")
+
+
+def _ott():
+    """ott-jax's Sinkhorn pieces, imported on first use.
+
+    Its online point clouds (``batch_size=``) flatten their arguments with
+    ``jax.interpreters.batching.is_vmappable``, which jax removed in 0.9 (ott-jax/ott#700;
+    the 0.6.0 release still calls it). Since 0.9 no type is custom-vmappable, so the removed
+    predicate is the constant False, and that is what is restored while it is missing.
+    """
+    from jax.interpreters import batching
+
+    if not hasattr(batching, "is_vmappable"):
+        batching.is_vmappable = lambda x: False
+    with warnings.catch_warnings():
+        # ott-jax imports jaxopt, which warns that it is unmaintained; nothing here uses it
+        warnings.filterwarnings("ignore", "JAXopt is no longer maintained", DeprecationWarning)
+        from ott.geometry import pointcloud
+        from ott.initializers.linear import initializers
+        from ott.solvers import linear
+        from ott.solvers.linear import acceleration
+
+    return pointcloud, linear, acceleration, initializers
+
+
+def _online_rows(n: int, m: int) -> int | None:
+    """Rows per block of an online point cloud, or None (dense) up to ``_OT_DENSE_MAX_PAIRS``
+    pairs when ``_OT_DENSE_COPIES`` float32 (n, m) arrays take at most half of the memory."""
+    limit = available_bytes()
+    if n * m <= _OT_DENSE_MAX_PAIRS and (limit is None or _OT_DENSE_COPIES * 4 * n * m <= limit // 2):
+        return None
+    return max(1, _OT_BLOCK_ENTRIES // max(n, m))
+
+
+def _plan_cost(f, g, x, y, eps, block_rows: int):
+    """⟨γ, C⟩ = Σ_ij exp((f_i + g_j − C_ij)/ε) C_ij of the entropic plan of dual potentials
+    (f, g) (ott's convention: the marginals are inside f and g), C_ij = ‖x_i − y_j‖², swept
+    over blocks of rows."""
+    rows, valid = row_blocks(jnp.arange(x.shape[0]), block_rows)
+    sy = jnp.sum(y * y, axis=1)
+
+    def block(args):
+        ix, ok = args
+        c = jnp.sum(x[ix] ** 2, axis=1)[:, None] + sy[None, :] - 2.0 * x[ix] @ y.T
+        c = jnp.maximum(c, 0.0)
+        return jnp.where(ok, jnp.sum(jnp.exp((f[ix, None] + g[None, :] - c) / eps) * c, axis=1), 0.0)
+
+    return jnp.sum(jax.lax.map(block, (rows, valid)))
+
+
+@functools.partial(jax.jit, static_argnames=("online_rows",))
+def _sinkhorn_terms(x, a, y, b, eps, online_rows: int | None):
+    """(S_ε, converged) of the three ott-jax Sinkhorn problems (x, y), (x, x), (y, y)."""
+    pointcloud, linear, acceleration, initializers = _ott()
+    kw = dict(threshold=_SINKHORN_THRESHOLD, max_iterations=_SINKHORN_MAX_ITER)
+    # Feydy et al.'s symmetric updates for the self terms, as ott's sinkhorn_divergence does
+    self_kw = dict(kw, parallel_dual_updates=True, momentum=acceleration.Momentum(start=0, value=0.5))
+    cross_kw = dict(kw, anderson=acceleration.AndersonAcceleration(memory=5))
+    if min(x.shape[0], y.shape[0]) > 2 * x.shape[1]:
+        # the Brenier potential between the clouds' Gaussian fits (needs full-rank covariances)
+        cross_kw["initializer"] = initializers.GaussianInitializer()
+    block = online_rows or max(1, _OT_BLOCK_ENTRIES // max(x.shape[0], y.shape[0]))
+
+    def solve(u, wu, v, wv, **solver_kw):
+        geom = pointcloud.PointCloud(u, v, epsilon=eps, batch_size=online_rows)
+        out = linear.solve(geom, a=wu, b=wv, **solver_kw)
+        return _plan_cost(out.f, out.g, u, v, eps, block), out.converged
+
+    (cxy, okxy), (cxx, okxx), (cyy, okyy) = (solve(x, a, y, b, **cross_kw), solve(x, a, x, a, **self_kw),
+                                            solve(y, b, y, b, **self_kw))
+    return cxy - 0.5 * (cxx + cyy), okxy & okxx & okyy
+
+
+def _debiased_sinkhorn(p: np.ndarray, a: np.ndarray, q: np.ndarray, b: np.ndarray, reg: float) -> tuple[float, bool]:
+    """(S_ε(p, q), converged): the debiased entropic transport cost of ``w2``'s "sinkhorn"
+    method between the weighted clouds (p (N, D), a (N,)) and (q (M, D), b (M,))."""
+    # float32 throughout, also where the caller enabled x64 (ott-jax mixes dtypes there)
+    with jax.enable_x64(False):
+        f32 = functools.partial(jnp.asarray, dtype=jnp.float32)
+        s, ok = _sinkhorn_terms(f32(p), f32(a), f32(q), f32(b), f32(reg), _online_rows(len(p), len(q)))
+        return float(s), bool(ok)
 
 
 def _sqrtm_psd(s):
