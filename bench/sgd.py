@@ -1,13 +1,16 @@
 """Benchmark: one-pass SGD steps per second (MMN's isotropic mixture) vs a dense matmul,
-and the reduced dynamics' time to t = 40 (isotropic r; planted (a, s, r)), in one run.
+and the reduced dynamics' time to t = 40 (isotropic r, at d = ∞ and exact at finite d;
+anisotropic (r₁, r₂); planted (a, s, r)), in one run.
 
 SGD at N = 800 units, d = 320, minibatch B: each step is a forward (N, d) @ (d, B) and a
 backward of the same shape; the reference is the GEMM pair (N, d) @ (d, B) and
 (N, B) @ (B, d) timed in a lax.fori_loop of the same length. Also timed, as lax.scan loops
 of the same length: the SGD step (``SGDStep``) with a fixed minibatch (the gradient's own
 cost), and the step before issue 15, whose minibatch XLA fused into its consumers (no
-``optimization_barrier``) and recomputed for every unit. The reduction runs
-``mfsde.langevin`` (β = ∞) on 10⁴ radii with dt0 = 0.01.
+``optimization_barrier``) and recomputed for every unit. The reductions run
+``mfsde.langevin`` (β = ∞) on 10⁴ particles with dt0 = 0.01: the anisotropic one is the talk's
+ReLU run (d = 320, s0 = 60, Δ = 0.5, σ = max(t, 0) − 2; tutorials/mmn_anisotropic.py), the
+finite-d one the exact isotropic reduction at d = 40 (64 radii per class).
 
 Usage: python bench/sgd.py [--n 800 --d 320 --batch 1 --steps 20000] [--smoke]
 """
@@ -107,6 +110,11 @@ def main():
     reductions = [
         (f"reduced dynamics, {args.radii} radii", gm.reduced_problem(0.8),
          gm.init_radii(jax.random.key(4), args.radii, args.d), 0.01),
+        (f"reduced dynamics exact at d = 40, {args.radii} radii, 2 x 64 data radii", gm.reduced_problem(0.8, dim=40),
+         gm.init_radii(jax.random.key(4), args.radii, 40), 0.01),
+        (f"anisotropic (r1, r2) reduction, ReLU - 2, {args.radii} particles",
+         gm.anisotropic_reduced_problem(0.5, 60 / 320, gm.PiecewiseLinear(-2.0, (1.0,), (0.0,))),
+         gm.init_block_radii(jax.random.key(8), args.radii, 320, 60), 0.01),
         (f"planted (a, s, r) reduction, ReLU, {args.radii} particles, 512 quantile nodes", sn.reduced_problem(sn.relu),
          sn.init_reduced(jax.random.key(6), args.radii, 16), 0.05),
     ]
@@ -115,6 +123,7 @@ def main():
                                                      diagnostics=False))
         print(f"{label}, t = 0..{t1:g} (dt0 {dt0}): {elapsed:.2f} s; risk "
               f"{float(traj.observables['risk'][0]):.3f} -> {float(traj.observables['risk'][-1]):.4f}")
+
 
 if __name__ == "__main__":
     main()

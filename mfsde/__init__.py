@@ -41,12 +41,13 @@ from .dynamics import (
 )
 from .fixed_point import FixedPoint, GibbsNormalizer, gibbs_log_normalizer, sample_fixed_point, sample_gibbs
 from .particle_posterior import ParticlePosterior, particle_logdensity, sample_particle_posterior, stein_residual
-from ._validation import FixedPointCheck, SelfConsistency, SteinTest, check_fixed_point, self_consistency, stein_test
+from ._validation import (CurvatureDefect, FixedPointCheck, SelfConsistency, SteinTest, check_fixed_point,
+                          curvature_defect, self_consistency, stein_test)
 from .free_energy import FreeEnergy
 from .model import UnitModel, load_model
 from .particles import Particles
 
-__all__ = ["sample_fixed_point", "check_fixed_point", "self_consistency", "SelfConsistency", "stein_test", "SteinTest", "sample_gibbs",
+__all__ = ["sample_fixed_point", "check_fixed_point", "curvature_defect", "CurvatureDefect", "self_consistency", "SelfConsistency", "stein_test", "SteinTest", "sample_gibbs",
            "gibbs_log_normalizer", "FixedPoint", "FixedPointCheck", "GibbsNormalizer", "sample_particle_posterior",
            "ParticlePosterior", "particle_logdensity", "stein_residual", "FreeEnergy", "Particles", "UnitModel", "load_model", "langevin", "LeimkuhlerMatthews",
            "overdispersed_starts", "max_curvature", "sgd", "shard_particles", "mckean_vlasov", "schrodinger_bridge", "wfr", "Trajectory", "DivergenceError",

@@ -79,6 +79,9 @@ def _table(fe, p0, pool, traj, idata):
                                       jit="adaptive tempering picks its temperatures on the host",
                                       keys="one SMC run of num_particles particles", idata=True),
         "stein_residual": Entry(lambda k, p: mfsde.stein_residual(fe, p, k), keys="one Hutchinson probe per call"),
+        "curvature_defect": Entry(lambda k, p: mfsde.curvature_defect(fe, p, k, num_probes=2),
+                                  jit="its mean and standard error over the particles are numpy on the host",
+                                  keys="one set of difference probes per call"),
         "particle_logdensity": Entry(lambda k, p: mfsde.particle_logdensity(fe, 8)(p.reshape(-1))),
         "self_consistency": Entry(lambda k, p: mfsde.self_consistency(fe, p, pool[None], key=k),
                                   jit="its statistic's null distribution and p-values are numpy on the host",
@@ -114,7 +117,7 @@ def _table(fe, p0, pool, traj, idata):
 
 # Result types and components: checked as pytrees through jit, not called.
 TYPES = {"Trajectory", "FixedPoint", "FixedPointCheck", "GibbsNormalizer", "ParticlePosterior", "SelfConsistency",
-         "SteinTest", "FreeEnergy", "UnitModel", "ParticleSDE", "LeimkuhlerMatthews", "Particles", "DivergenceError"}
+         "SteinTest", "CurvatureDefect", "FreeEnergy", "UnitModel", "ParticleSDE", "LeimkuhlerMatthews", "Particles", "DivergenceError"}
 
 
 def test_every_public_name_is_walked(setup):
@@ -127,7 +130,7 @@ def test_every_public_name_is_walked(setup):
 
 _CALLED = [n for n in ("langevin", "sgd", "wfr", "mckean_vlasov", "schrodinger_bridge", "sample_gibbs", "sample_fixed_point",
                        "check_fixed_point", "sample_particle_posterior", "gibbs_log_normalizer", "stein_residual",
-                       "particle_logdensity", "self_consistency", "overdispersed_starts", "max_curvature",
+                       "curvature_defect", "particle_logdensity", "self_consistency", "overdispersed_starts", "max_curvature",
                        "kl_to_prior", "entropy_knn", "w2_gaussian", "w2_to_prior_bound", "w2", "w2_to_prior",
                        "to_inference_data", "summary", "convergence", "equilibration", "stationarity", "stein_test")]
 

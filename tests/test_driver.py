@@ -59,3 +59,14 @@ def test_sgd_checkpoint_is_the_same_chain(small, tmp_path):
     _assert_same(checkpointed, plain)
     with pytest.raises(ValueError, match="different run.*step_size"):
         mfsde.sgd(fe, jax.random.key(4), p0, num_steps=30, step_size=0.1, checkpoint_every=10, checkpoint_path=tmp_path / "sgd.npz", **kw)
+
+
+def test_float32_save_times_overshooting_t1_are_the_end():
+    """Save times read off a float32 run (0.4 is 0.40000001 in float32) are accepted at the
+    span's end, within float32 rounding; a time genuinely past t1 is refused (test_boundary)."""
+    from mfsde.dynamics._core import save_times
+
+    ts = np.asarray(np.linspace(0.0, 0.4, 5), np.float32)
+    assert float(ts[-1]) > 0.4
+    out = save_times(ts, 0.0, 0.4, 0.1, noisy=False)
+    assert out[-1] == 0.4 and np.allclose(out, np.linspace(0.0, 0.4, 5))

@@ -63,7 +63,7 @@ def test_tzen_raginsky_bench_smoke(scripts):
 def test_sgd_bench_smoke(scripts):
     res = scripts.run(["bench/sgd.py", "--smoke"])
     assert res.returncode == 0, res.stdout + res.stderr
-    assert "steps/s" in res.stdout and "planted" in res.stdout
+    assert "steps/s" in res.stdout and "planted" in res.stdout and "anisotropic" in res.stdout and "exact at d = 40" in res.stdout
 
 
 def test_validation_bench_smoke(scripts):

@@ -136,3 +136,42 @@ def test_check_bad_inputs(small_neuron):
         mfsde.check_fixed_point(fe, jax.random.key(0), done.particles[0].at[0, 0].set(jnp.nan))
     with pytest.raises(ValueError, match=r"shape \(N, 5\)"):
         mfsde.check_fixed_point(fe, jax.random.key(0), done.particles[0][:, :3])
+
+
+def test_kinked_unit_voids_the_temperature_test(relu_and_tanh_runs):
+    """A ReLU unit's autodiff Hessian is zero where the true one has point masses, so Stein's
+    identity fails whatever dt0 (here the temperature reads 51). curvature_defect must see
+    it (|z| > 3.5 and share > 1%) on the ReLU run and not on the same run with tanh (|z|
+    < 3.5: the O(h²) difference quotient error is ~1e-4 of the curvature), and
+    check_fixed_point must drop the temperature test for the ReLU run and say why, instead
+    of calling it "time-step bias"."""
+    (fe_relu, relu), (fe_tanh, tanh) = relu_and_tanh_runs
+    kinked = mfsde.curvature_defect(fe_relu, relu.particles, jax.random.key(5))
+    smooth = mfsde.curvature_defect(fe_tanh, tanh.particles, jax.random.key(5))
+    assert kinked.kinked(3.5) and abs(kinked.share) > 0.1, kinked
+    assert not smooth.kinked(3.5) and abs(smooth.z) < 3.5, smooth
+    assert abs(mfsde.stein_test(relu).temperature - 1.0) > 0.5
+    check = mfsde.check_fixed_point(fe_relu, jax.random.key(6), relu, num_warmup=100, num_samples=200)
+    assert check.stein is None and check.curvature is not None and check.cause != "time-step bias", check.reason
+    assert "not twice differentiable" in check.reason, check.reason
+
+
+@pytest.fixture(scope="module")
+def relu_and_tanh_runs():
+    """d = 4, P = 256, N = 100, β = 20: 500 Euler–Maruyama steps with the Stein residual saved."""
+    import numpyro
+    import numpyro.distributions as dist
+
+    x = jax.random.normal(jax.random.key(0), (256, 4)) * jnp.array([2.0, 1.0, 1.0, 0.5])
+    y = jnp.sign(x[:, 0]) * jnp.abs(x[:, 1])
+
+    def make(activation):
+        def unit(x):
+            w = numpyro.sample("w", dist.Normal(0.0, 1.0).expand([4]).to_event(1))
+            return activation(x @ w)
+
+        fe = mfsde.FreeEnergy(unit, x, y, beta=BETA)
+        return fe, mfsde.langevin(fe, jax.random.key(1), fe.prior_sample(jax.random.key(2), 100), t1=5.0, dt0=0.01,
+                                  diagnostics=True, progress=False)
+
+    return make(lambda z: jnp.maximum(z, 0.0)), make(jnp.tanh)

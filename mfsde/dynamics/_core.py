@@ -220,6 +220,10 @@ def save_times(ts, t0: float, t1: float, dt0: float, stepsize_controller=None, n
         ts = np.linspace(t0, t1, min(101, n_steps + 1))
     if not isinstance(ts, jax.core.Tracer):
         ts = np.asarray(ts, np.float64)
+        if ts.ndim == 1 and ts.size:
+            # times from a float32 run (e.g. another trajectory's ts) may overshoot an end by rounding
+            slack = 4 * np.finfo(np.float32).eps * max(abs(t0), abs(t1), 1.0)
+            ts = np.where((ts > t1) & (ts <= t1 + slack), t1, np.where((ts < t0) & (ts >= t0 - slack), t0, ts))
         if ts.ndim == 1 and ts.size and (np.any(np.diff(ts) <= 0) or ts[0] < t0 or ts[-1] > t1):
             raise ValueError(f"ts must be increasing and within [t0, t1] = [{t0}, {t1}], got {ts}")
     if jnp.ndim(ts) != 1 or jnp.shape(ts)[0] < 1:
