@@ -5,7 +5,7 @@ VENV := .venv
 VPY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench venv clean
+.PHONY: demo test bench docs venv clean
 
 venv: $(STAMP)
 
@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml
 	@test -n "$(PYTHON)" || { echo "no Python >= 3.12 found; use make PYTHON=..."; exit 1; }
 	test -x $(VPY) || $(PYTHON) -m venv $(VENV)
 	$(VPY) -m pip install -q --upgrade pip
-	$(VPY) -m pip install -q -e '.[test]'
+	$(VPY) -m pip install -q -e '.[test,docs]'
 	touch $(STAMP)
 
 demo: $(STAMP)
@@ -22,8 +22,13 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(VPY) -m pytest -q tests
 
+# The site, into site/: the tutorials run at smoke size for their output and figures
+# (scripts/build_docs.py --execute --full renders the full sizes), mkdocs in strict mode.
+docs: $(STAMP)
+	$(VPY) scripts/build_docs.py --execute
+
 bench: $(STAMP)
 	$(VPY) bench/langevin.py
 
 clean:
-	rm -rf $(VENV) runs
+	rm -rf $(VENV) runs site docs/tutorials docs/changelog.md dist build

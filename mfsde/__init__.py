@@ -8,6 +8,7 @@ parameters (``FreeEnergy``), the mean-field SDEs whose laws flow to its minimise
 ρ* ∝ π₀ exp(−βΨ(·; ρ*)).
 """
 
+from ._version import __version__
 from .diagnostics import (
     entropy_knn,
     kl_to_prior,

@@ -251,6 +251,18 @@ def self_consistency(fe: FreeEnergy, particles: Float[Array, "n d"], draws: Floa
     through ArviZ's effective sample size of each test function. See the module docstring
     for the statistic and its null distribution. ``key`` picks the random projections
     used when D > ``MAX_COORDINATES``.
+
+    Examples:
+        >>> import jax, jax.numpy as jnp, mfsde
+        >>> lg = mfsde.load_model("linear_gaussian")      # linear units: a closed-form fixed point
+        >>> fe = lg.free_energy(num_data=64, dim=2, beta=4.0)
+        >>> p0 = fe.prior_sample(jax.random.key(1), 128)
+        >>> traj = mfsde.langevin(fe, jax.random.key(2), p0, t1=4.0, dt0=0.1, progress=False)
+        >>> g = mfsde.sample_gibbs(fe, jax.random.key(3), fe.output(traj.particles), traj.particles[:2],
+        ...                       num_warmup=100, num_samples=200)
+        >>> test = mfsde.self_consistency(fe, traj.particles, g.samples, key=jax.random.key(4))
+        >>> bool(0.0 <= test.p_value <= 1.0)
+        True
     """
     if key is not None:
         key = single_key(key, replicates="a key picks the projections of one statistic")
@@ -398,6 +410,16 @@ def stein_test(traj, burn_in: float = 0.5) -> SteinTest | None:
     Uses the saves after the first ``burn_in`` of the run's final equally spaced stretch
     (the stationary part ``mfsde.convergence`` judges), all replicate runs pooled; the
     standard error is sd/√ESS with ArviZ's ESS. None when the run did not record it.
+
+    Examples:
+        >>> import jax, jax.numpy as jnp, mfsde
+        >>> lg = mfsde.load_model("linear_gaussian")      # linear units: a closed-form fixed point
+        >>> fe = lg.free_energy(num_data=64, dim=2, beta=4.0)
+        >>> p0 = fe.prior_sample(jax.random.key(1), 128)
+        >>> traj = mfsde.langevin(fe, jax.random.key(2), p0, t1=10.0, dt0=0.1, diagnostics=True, progress=False)
+        >>> st = mfsde.stein_test(traj)                        # time average of the residual, 0 at p_N
+        >>> bool(st.ess > 0), bool(abs(st.z) < 10)
+        (True, True)
     """
     from .diagnostics._convergence import _ess, _uniform_saves, diagnostic_series
     from .dynamics import Trajectory
@@ -472,6 +494,16 @@ def check_fixed_point(fe: FreeEnergy, key: PRNGKeyArray, particles, *, num_chain
 
     - "unexplained": it fails and none of the above is shown (a bare particle array
       cannot be diagnosed; halving dt0 that does not help points elsewhere).
+
+    Examples:
+        >>> import jax, jax.numpy as jnp, mfsde
+        >>> lg = mfsde.load_model("linear_gaussian")      # linear units: a closed-form fixed point
+        >>> fe = lg.free_energy(num_data=64, dim=2, beta=4.0)
+        >>> p0 = fe.prior_sample(jax.random.key(1), 128)
+        >>> traj = mfsde.langevin(fe, jax.random.key(2), p0, t1=4.0, dt0=0.1, progress=False)
+        >>> check = mfsde.check_fixed_point(fe, jax.random.key(3), traj.particles, num_warmup=200, num_samples=200)
+        >>> check.cause in ("passes", "finite-N", "not stationary", "time-step bias", "unexplained")
+        True
     """
     from .diagnostics import convergence, to_inference_data
     from .dynamics import Trajectory, langevin, max_curvature

@@ -62,7 +62,7 @@ class FreeEnergy(eqx.Module):
 
     - risk        R(ρ) = (1/P) Σ_p (y_p − f_ρ(x_p))²;
     - potential   Ψ(θ; ρ) = (1/P) Σ_p (f_ρ(x_p) − y_p) σ(x_p; θ)   (first variation of ½R);
-    - Gibbs       G[ρ](dθ) ∝ π₀(dθ) exp(−β Ψ(θ; ρ)); its fixed point ρ* = G[ρ*] minimises F_β.
+    - Gibbs       G[ρ] (dθ) ∝ π₀(dθ) exp(−β Ψ(θ; ρ)); its fixed point ρ* = G[ρ*] minimises F_β.
 
     Args:
         unit: numpyro model of one hidden unit, ``unit(x) -> (P,)``.
@@ -75,6 +75,16 @@ class FreeEnergy(eqx.Module):
             (N, chunk) intermediates in cache and is 1.2x faster than one chunk at
             N = P = 4096 (bench/README.md); on accelerators as many as the
             device memory holds, since there chunking only serialises the work.
+
+    Examples:
+        >>> import jax, jax.numpy as jnp, mfsde
+        >>> lg = mfsde.load_model("linear_gaussian")      # linear units: a closed-form fixed point
+        >>> fe = lg.free_energy(num_data=64, dim=2, beta=4.0)
+        >>> p0 = fe.prior_sample(jax.random.key(1), 128)
+        >>> fe.dim, fe.output(p0).shape                       # D, f_rho on the P data points
+        (2, (64,))
+        >>> bool(fe.risk(p0) > 0), fe.potential(p0[0], p0).shape    # R(rho) and Psi(theta; rho)
+        (True, ())
     """
 
     unit: UnitModel

@@ -40,6 +40,9 @@ from numpyro.infer.util import constrain_fn, initialize_model, unconstrain_fn
 
 __all__ = ["UnitModel", "load_model"]
 
+# The example models shipped inside the package (mfsde/models/<name>.py).
+_MODELS_DIR = pathlib.Path(__file__).resolve().parent / "models"
+EXAMPLE_MODELS = ("linear_gaussian", "single_neuron", "gaussian_mixture", "scalar_tanh", "gaussian_bumps", "three_spin")
 # Parameters are checked finite at this many prior draws when a model is traced.
 _N_PRIOR_CHECK = 16
 
@@ -318,14 +321,25 @@ def _unflatten(unit: UnitModel, particles):
 
 
 def load_model(path: str | pathlib.Path) -> types.ModuleType:
-    """Import an example model file (e.g. ``models/single_neuron.py``) by path.
+    """Import a model file by path, or one of the example models shipped with mfsde by name.
 
-    ``models/`` is not an installed package; each file defines ``unit`` (or a factory of
-    units), ``make_data(key, ...)`` and default sizes.
+    ``load_model("single_neuron")`` imports ``mfsde/models/single_neuron.py`` (the examples:
+    ``EXAMPLE_MODELS``; ``models/`` in a checkout is the same folder); any other argument
+    is the path of a ``.py`` file. A model file defines ``unit`` (or a factory of units),
+    ``make_data(key, ...)`` and default sizes; it is imported as ``mfsde_models_<stem>``.
+
+    Examples:
+        >>> import mfsde
+        >>> lg = mfsde.load_model("linear_gaussian")   # a shipped example, by name (or a .py path)
+        >>> callable(lg.unit), callable(lg.make_data)
+        (True, True)
     """
+    if isinstance(path, str) and path in EXAMPLE_MODELS:
+        path = _MODELS_DIR / f"{path}.py"
     path = pathlib.Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"path: no model file at {path} (give the path of a .py file defining unit)")
+        raise FileNotFoundError(f"path: no model file at {path} (give the path of a .py file defining unit, or "
+                                f"the name of an example model: {', '.join(EXAMPLE_MODELS)})")
     name = f"mfsde_models_{path.stem}"
     spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)

@@ -26,6 +26,15 @@ class Particles(eqx.Module):
     log_weight: unnormalised log-weights, shape (N,) ((R, N)), or ``None``: uniform
     weights 1/N, which every consumer treats exactly as the plain array ``theta`` (no
     extra cost).
+
+    Examples:
+        >>> import jax, jax.numpy as jnp, mfsde
+        >>> lg = mfsde.load_model("linear_gaussian")      # linear units: a closed-form fixed point
+        >>> fe = lg.free_energy(num_data=64, dim=2, beta=4.0)
+        >>> p0 = fe.prior_sample(jax.random.key(1), 128)
+        >>> rho = mfsde.Particles(p0, jnp.zeros(128))         # equal weights: the same measure as p0
+        >>> bool(jnp.allclose(fe.risk(rho), fe.risk(p0)))
+        True
     """
 
     theta: Float[Array, "n d"]

@@ -1,4 +1,4 @@
-"""Tests run in float64: accuracy is checked against closed forms (DESIGN.md §5)."""
+"""Tests run in float64: accuracy is checked against closed forms (docs/design.md §5)."""
 
 import collections
 import os

@@ -1,4 +1,4 @@
-"""mean-field Langevin vs the linear-Gaussian closed form (DESIGN.md §5), float64."""
+"""mean-field Langevin vs the linear-Gaussian closed form (docs/design.md §5), float64."""
 
 import math
 

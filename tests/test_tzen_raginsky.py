@@ -1,6 +1,6 @@
 """Tzen–Raginsky's bridge and greedy SDEs, and SGD, against closed forms (float64).
 
-Linear case (DESIGN.md §5): Ψ(v; ρ*) = g·v with g = Σ̂m* − ĉ = −m*/(βs²), so Q_{w,t} is
+Linear case (docs/design.md §5): Ψ(v; ρ*) = g·v with g = Σ̂m* − ĉ = −m*/(βs²), so Q_{w,t} is
 N(w + (1 − t)m*, (1 − t)s²I), u* ≡ m*, Law(W_1) = N(m*, s²I), cost = ‖m*‖²/(2s²) = KL and
 log Z = log E_π₀ e^{m*·θ/s²} = ‖m*‖²/(2s²). Nonlinear case: a two-parameter unit whose
 fixed point, KL and log Z are computed by quadrature on a grid (exact to ~1e-10).

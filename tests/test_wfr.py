@@ -1,5 +1,5 @@
 """Rotskoff–Vanden-Eijnden's Wasserstein–Fisher–Rao and birth–death dynamics (``mfsde.wfr``)
-against closed forms: the linear model (DESIGN.md §5), exact binomial event counts, and the
+against closed forms: the linear model (docs/design.md §5), exact binomial event counts, and the
 1-D Gaussian-bump example of Rotskoff's published notebook."""
 
 import math
@@ -146,7 +146,7 @@ def test_jumps_conserve_n_and_account_for_every_particle(variant):
 def test_finite_beta_fixed_point_is_unchanged(linear):
     """Langevin with birth–death (both variants, α = 1, KDE rate) has Langevin's stationary
     law. Linear model, β = 4: the N-particle law's marginal is N(m*, s²I) up to O(1/N)
-    (DESIGN.md §5). Over the second half of t ∈ [0, 40] (LM, dt0 = 0.05, N = 128, 2 runs)
+    (docs/design.md §5). Over the second half of t ∈ [0, 40] (LM, dt0 = 0.05, N = 128, 2 runs)
     the time-averaged particle mean is within 4 s.e. of m* (s.e. from the batch means of
     8 blocks) and the mean squared deviation within 4 s.e. of s²·d = 3; and the final
     clouds' W2 to plain Langevin's is within the two-sample floor (the 0.99 point of W2

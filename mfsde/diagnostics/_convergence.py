@@ -79,6 +79,12 @@ def stationarity(values, ts, rel_tol: float = 0.02, z: float = 3.0) -> Stationar
     effective sample size of each window (saved values are autocorrelated in time), the
     chains of ``values`` (chains, T) as chains; a (T,) series is one chain. A quick check
     of one series; ``equilibration`` and ``convergence`` are the verdicts ``summary`` uses.
+
+    Examples:
+        >>> import numpy as np, mfsde
+        >>> ts = np.linspace(0.0, 10.0, 101)
+        >>> mfsde.stationarity(np.exp(-ts), ts).stationary, mfsde.stationarity(1.0 - 0.1 * ts, ts).stationary
+        (True, False)
     """
     v, ts = _series(values, ts)
     _checks.positive_number("rel_tol", rel_tol)
@@ -204,6 +210,15 @@ def equilibration(values, ts, name: str = "", min_ess: float = MIN_ESS, max_burn
     runs count) is at most ``LAW_BAND`` · law_scale and its two halves' means differ by at
     most ``LAW_TREND`` · law_scale. A relaxation or a disagreement between runs larger than that noise is
     not.
+
+    Examples:
+        >>> import numpy as np, mfsde
+        >>> ts = np.arange(2000.0)
+        >>> ar = np.zeros(2000); noise = np.random.default_rng(0).normal(size=2000)
+        >>> for i in range(1, 2000): ar[i] = 0.9 * ar[i - 1] + noise[i]
+        >>> eq = mfsde.equilibration(ar, ts, name="ar1")      # AR(1): integrated autocorrelation time 19
+        >>> eq.stationary, 10 < eq.iat < 60                     # (estimated from the last half)
+        (True, True)
     """
     v, ts = _series(values, ts)
     _checks.positive_number("min_ess", min_ess)
@@ -272,6 +287,16 @@ def convergence(idata) -> Convergence:
     99% point of the largest R-hat over the coordinates for independent draws of that size,
     from the F law of R-hat). The reason names the slowest observable (largest IAT relative to its stretch) with its IAT and
     the run's length, and says whether R-hat could see a drift the replicates share.
+
+    Examples:
+        >>> import jax, mfsde
+        >>> fe = mfsde.load_model("linear_gaussian").free_energy(num_data=64, dim=2, beta=4.0)
+        >>> starts = mfsde.overdispersed_starts(fe, jax.random.key(1), 2, 32)       # 2 replicates of N = 32
+        >>> runs = mfsde.langevin(fe, jax.random.split(jax.random.key(2), 2), starts, t1=10.0, dt0=0.1, progress=False)
+        >>> idata = mfsde.to_inference_data(runs, fe)
+        >>> conv = mfsde.convergence(idata)
+        >>> isinstance(conv.converged, bool), conv.slowest in [o.name for o in conv.observables]
+        (True, True)
     """
     import arviz_stats
 
@@ -353,8 +378,8 @@ def rhat_threshold(chains: int, draws: int, dims: int, level: float = 0.01) -> f
     F ~ F(m − 1, m(n − 1)), the between/within variance ratio. ArviZ's R-hat is the larger
     of the bulk and the folded statistic, 2·dims of them, taken as independent: the limit is
     the F quantile at (1 − level)^{1/(2·dims)}. It matches a direct simulation of ArviZ's
-    R-hat within its Monte Carlo error (1.00529 vs 1.00525 for 2 × 1000 draws in 17
-    coordinates); distribution-free (ranks), so it is the exact null of "replicate runs
+    R-hat within its Monte Carlo error (bench/README.md, "Numbers moved out of
+    docstrings"); distribution-free (ranks), so it is the exact null of "replicate runs
     agree" for independent particles, and conservative for interacting ones (their cloud
     means fluctuate less) and for correlated coordinates.
     """
@@ -405,6 +430,16 @@ def summary(idata, fe=None) -> Summary:
     weights, for a weighted state) when ``fe`` is given, else the recorded Gelbrich lower bound (NaN if neither is available). For an
     MCMC result (``sample_fixed_point``, ``sample_particle_posterior``) the verdict is
     R-hat < ``RHAT_MAX`` across chains.
+
+    Examples:
+        >>> import jax, mfsde
+        >>> fe = mfsde.load_model("linear_gaussian").free_energy(num_data=64, dim=2, beta=4.0)
+        >>> starts = mfsde.overdispersed_starts(fe, jax.random.key(1), 2, 32)       # 2 replicates of N = 32
+        >>> runs = mfsde.langevin(fe, jax.random.split(jax.random.key(2), 2), starts, t1=10.0, dt0=0.1, progress=False)
+        >>> idata = mfsde.to_inference_data(runs, fe)
+        >>> s = mfsde.summary(idata, fe)                       # R-hat/ESS table, risk, F, KL, W2, verdict
+        >>> isinstance(s.converged, bool) and s.risk > 0
+        True
     """
     import arviz_stats
 

@@ -12,7 +12,18 @@ __all__ = ["plot_marginals", "plot_observables"]
 
 def plot_marginals(idata, fe, max_panels: int = 6, path=None):
     """Histograms of the first ``max_panels`` scalar coordinates of the posterior particles
-    (constrained space, all chains pooled) against a prior sample of the same size."""
+    (constrained space, all chains pooled) against a prior sample of the same size.
+
+    Examples:
+        >>> import jax, mfsde
+        >>> fe = mfsde.load_model("linear_gaussian").free_energy(num_data=64, dim=2, beta=4.0)
+        >>> starts = mfsde.overdispersed_starts(fe, jax.random.key(1), 2, 32)       # 2 replicates of N = 32
+        >>> runs = mfsde.langevin(fe, jax.random.split(jax.random.key(2), 2), starts, t1=10.0, dt0=0.1, progress=False)
+        >>> idata = mfsde.to_inference_data(runs, fe)
+        >>> fig = mfsde.plot_marginals(idata, fe)              # one panel per coordinate (at most 6)
+        >>> len(fig.axes) >= 2
+        True
+    """
     import jax
     import matplotlib.pyplot as plt
 
@@ -47,7 +58,21 @@ def plot_marginals(idata, fe, max_panels: int = 6, path=None):
 
 
 def plot_observables(idata, names=("risk", "free_energy", "kl_to_prior", "w2_to_prior_bound"), path=None):
-    """Traces of the recorded observables against time, one line per replicate run."""
+    """Traces of the recorded observables against time, one line per replicate run.
+
+    One panel per name in ``names`` that the DataTree's ``observables`` group holds; returns
+    the matplotlib figure (also written to ``path`` when given).
+
+    Examples:
+        >>> import jax, mfsde
+        >>> fe = mfsde.load_model("linear_gaussian").free_energy(num_data=64, dim=2, beta=4.0)
+        >>> starts = mfsde.overdispersed_starts(fe, jax.random.key(1), 2, 32)       # 2 replicates of N = 32
+        >>> runs = mfsde.langevin(fe, jax.random.split(jax.random.key(2), 2), starts, t1=10.0, dt0=0.1, progress=False)
+        >>> idata = mfsde.to_inference_data(runs, fe)
+        >>> fig = mfsde.plot_observables(idata)
+        >>> len(fig.axes) >= 1
+        True
+    """
     import matplotlib.pyplot as plt
 
     _checks.idata("idata", idata)

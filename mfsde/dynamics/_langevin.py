@@ -209,6 +209,17 @@ def langevin(
     Returns:
         ``Trajectory(ts, particles, observables, num_steps)``; observables hold ``risk``
         and ``mean_sq_norm`` (and the diagnostics and extras) at ``ts``.
+
+    Examples:
+        >>> import jax, jax.numpy as jnp, mfsde
+        >>> lg = mfsde.load_model("linear_gaussian")      # linear units: a closed-form fixed point
+        >>> fe = lg.free_energy(num_data=64, dim=2, beta=4.0)
+        >>> p0 = fe.prior_sample(jax.random.key(1), 128)
+        >>> traj = mfsde.langevin(fe, jax.random.key(2), p0, t1=4.0, dt0=0.1, progress=False)
+        >>> traj.particles.shape, traj.ts.shape == traj.observables["risk"].shape
+        ((128, 2), True)
+        >>> bool(traj.observables["risk"][-1] < traj.observables["risk"][0])
+        True
     """
     if not isinstance(fe, FreeEnergy):
         raise TypeError(f"fe must be a mfsde.FreeEnergy, got {type(fe).__name__}")

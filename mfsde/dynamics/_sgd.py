@@ -146,6 +146,15 @@ def sgd(fe: FreeEnergy, key: PRNGKeyArray, particles0: Float[Array, "n d"], *, n
         moments (``LawMoments``) and, with noise and the prior drift,
         stein_residual / stein_curvature (``mfsde.stein_residual``; its time average is the
         step-size and minibatch bias of the chain's stationary law, ``mfsde.stein_test``).
+
+    Examples:
+        >>> import jax, jax.numpy as jnp, mfsde
+        >>> lg = mfsde.load_model("linear_gaussian")      # linear units: a closed-form fixed point
+        >>> fe = lg.free_energy(num_data=64, dim=2, beta=4.0)
+        >>> p0 = fe.prior_sample(jax.random.key(1), 128)
+        >>> traj = mfsde.sgd(fe, jax.random.key(2), p0, num_steps=200, step_size=0.05, batch_size=8, progress=False)
+        >>> traj.particles.shape
+        (128, 2)
     """
     if not isinstance(fe, FreeEnergy):
         raise TypeError(f"fe must be a mfsde.FreeEnergy, got {type(fe).__name__}")

@@ -2,7 +2,7 @@
 
 The particles interact only through f_ρ(x_p) = Σ_i w_i σ(x_p; θ_i), a sum over the
 particle axis, so a drift evaluation on particles split over devices needs one
-all-reduce of the P-vector f_ρ per data chunk and nothing else (DESIGN.md §2). XLA's
+all-reduce of the P-vector f_ρ per data chunk and nothing else (docs/design.md §2). XLA's
 partitioner inserts exactly that when the state is constrained to its ``NamedSharding``
 at every drift and jump evaluation (tests/test_sharding.py counts the all-reduces in the
 compiled step). The data stays replicated (or chunked, as on one device).

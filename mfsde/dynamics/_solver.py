@@ -9,7 +9,7 @@ Matthews 2013, "Rational construction of stochastic numerical methods for molecu
 sampling"; the high-friction limit of BAOAB). It costs one drift evaluation per step,
 like Euler–Maruyama, and its error in the invariant measure of a gradient system is O(h²)
 against Euler's O(h). For a linear drift b = −A(Θ − m) with symmetric A (the linear unit
-of DESIGN.md §5, at any N) it is exact: the chain Θ_{n+1} = CΘ_n + s(ξ_n + ξ_{n+1}),
+of docs/design.md §5, at any N) it is exact: the chain Θ_{n+1} = CΘ_n + s(ξ_n + ξ_{n+1}),
 C = I − hA, s² = h/(2β), has stationary covariance 2s²(I − C)⁻¹ = (βA)⁻¹, the continuous
 one, for every stable h (Euler's is (βA)⁻¹(I − hA/2)⁻¹). Finite-time (weak) accuracy is
 first order, as for Euler.

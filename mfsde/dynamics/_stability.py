@@ -58,6 +58,15 @@ def max_curvature(fe: FreeEnergy, particles: Float[Array, "n d"] | Particles, ke
     (A_i = −∇²Ψ(θ_i) + β⁻¹∇²log π₀, G = −(1/P) Σ_p ∇σ(x_p; θ_i) ∇σ(x_p; θ_j)ᵀ), similar to
     the symmetric A + W^½ G W^½, so its spectrum is real and a heavy particle's block
     counts w_j times: what bounds the transport step of ``mfsde.wfr``.
+
+    Examples:
+        >>> import jax, jax.numpy as jnp, mfsde
+        >>> lg = mfsde.load_model("linear_gaussian")      # linear units: a closed-form fixed point
+        >>> fe = lg.free_energy(num_data=64, dim=2, beta=4.0)
+        >>> p0 = fe.prior_sample(jax.random.key(1), 128)
+        >>> lam = mfsde.max_curvature(fe, p0)                  # dt0 * lam < 1 keeps the step stable
+        >>> bool(lam > 0)
+        True
     """
     log_weight = particles.log_weight if isinstance(particles, Particles) else None
     theta = fe._check_particles(particles)

@@ -30,6 +30,13 @@ def overdispersed_starts(fe: FreeEnergy, key: PRNGKeyArray, num_replicates: int,
     A drift that every replicate shares (e.g. a slow marginal relaxing from the prior) then
     shows as disagreement between replicates, which R-hat measures; from one start law it
     cannot. Pass the result as ``particles0`` with a batch of R keys to ``mfsde.langevin``.
+
+    Examples:
+        >>> import jax, jax.numpy as jnp, mfsde
+        >>> lg = mfsde.load_model("linear_gaussian")      # linear units: a closed-form fixed point
+        >>> fe = lg.free_energy(num_data=64, dim=2, beta=4.0)
+        >>> mfsde.overdispersed_starts(fe, jax.random.key(1), 4, 32).shape   # (replicates, N, D)
+        (4, 32, 2)
     """
 
     positive_int("num_replicates", num_replicates)

@@ -1,4 +1,4 @@
-"""Tzen–Raginsky's McKean–Vlasov SDEs on t ∈ [0, 1] from the prior mean (DESIGN.md §1, 2–3).
+"""Tzen–Raginsky's McKean–Vlasov SDEs on t ∈ [0, 1] from the prior mean (docs/design.md §1, 2–3).
 
 Both need a Gaussian prior π₀ = N(m, Σ) with independent coordinates (Σ diagonal) and
 start every particle at W_0 = m; without control W_1 ~ π₀.
@@ -203,9 +203,9 @@ def time_grid(dt0: float, kind: str = "uniform") -> np.ndarray:
     The bridge's drift stiffens near t = 1 (its Lipschitz constant grows like
     min(1/(1 − t), ‖ΣH‖), H the curvature of βΨ*), which the quadratic grid resolves; but
     with a multimodal ρ* the early steps, where particles leave the saddle at m and pick a
-    mode, matter more. Measured on models/scalar_tanh.py (N = 4000, quadrature reference):
-    uniform dt0 = 0.01, num_inner = 64 passes ``check_fixed_point``; quadratic fails at
-    dt0 = 0.01 and 0.005 (output error 1.4–1.6x the threshold). Hence "uniform" is the default.
+    mode, matter more: on the scalar tanh model the uniform grid passes ``check_fixed_point``
+    where the quadratic one fails (bench/README.md, "Numbers moved out of docstrings").
+    Hence "uniform" is the default.
     """
     if kind not in TIME_GRIDS:
         raise ValueError(f"time_grid must be one of {TIME_GRIDS}, got {kind!r}")
@@ -286,6 +286,14 @@ def mckean_vlasov(fe: FreeEnergy, key: PRNGKeyArray, num_particles: int, *, dt0:
     Returns:
         ``Trajectory`` with particles W_1 (N, D) ((R, N, D) for R keys) and observables
         risk, control_cost, total_cost at ``ts`` ((R, T) for R keys).
+
+    Examples:
+        >>> import jax, jax.numpy as jnp, mfsde
+        >>> lg = mfsde.load_model("linear_gaussian")      # linear units: a closed-form fixed point
+        >>> fe = lg.free_energy(num_data=64, dim=2, beta=4.0)
+        >>> traj = mfsde.mckean_vlasov(fe, jax.random.key(1), 64, dt0=0.1, progress=False)
+        >>> traj.particles.shape                               # W_1 for 64 particles, W_0 = prior mean
+        (64, 2)
     """
     _check_fe(fe)
     mean, var = gaussian_prior(fe)
@@ -342,6 +350,15 @@ def schrodinger_bridge(fe: FreeEnergy, fixed_point_or_output, key: PRNGKeyArray,
     Returns:
         ``Trajectory``: particles W_1 (N, D); observables risk, control_cost, total_cost,
         inner_ess (mean) and inner_ess_min at ``ts``.
+
+    Examples:
+        >>> import jax, jax.numpy as jnp, mfsde
+        >>> lg = mfsde.load_model("linear_gaussian")      # linear units: a closed-form fixed point
+        >>> fe = lg.free_energy(num_data=64, dim=2, beta=4.0)
+        >>> m_star = lg.fixed_point_mean(fe.x, fe.y, 4.0)             # the closed-form rho* = N(m*, I)
+        >>> br = mfsde.schrodinger_bridge(fe, fe.x @ m_star, jax.random.key(1), 64, dt0=0.1, num_inner=4, progress=False)
+        >>> br.particles.shape                                 # W_1 ~ rho*
+        (64, 2)
     """
     from ..fixed_point import FixedPoint, gibbs_log_normalizer, sample_gibbs
 

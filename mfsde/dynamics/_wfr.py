@@ -364,6 +364,15 @@ def wfr(fe: FreeEnergy, key: PRNGKeyArray, particles0, *, t1: float, dt0: float,
         ``Trajectory``; its particles are a ``Particles`` (uniform weights, ``log_weight``
         None, under birth–death); observables as ``WFRObservables``, births and deaths
         counted per save interval (the count since the previous save; 0 at the first).
+
+    Examples:
+        >>> import jax, jax.numpy as jnp, mfsde
+        >>> lg = mfsde.load_model("linear_gaussian")      # linear units: a closed-form fixed point
+        >>> fe = lg.free_energy(num_data=64, dim=2, beta=4.0)
+        >>> p0 = fe.prior_sample(jax.random.key(1), 128)
+        >>> traj = mfsde.wfr(fe, jax.random.key(2), p0, t1=1.0, dt0=0.1, alpha=1.0, progress=False)
+        >>> traj.particles.theta.shape, traj.particles.log_weight.shape   # weighted particles
+        ((128, 2), (128,))
     """
     if not isinstance(fe, FreeEnergy):
         raise TypeError(f"fe must be a mfsde.FreeEnergy, got {type(fe).__name__}")

@@ -260,7 +260,7 @@ def _relu_projection(c, a, dim: int):
 
 def gaussian_expectation(activation, c, num_nodes: int = DEFAULTS["num_nodes"]):
     """E_G σ_*(c G), G ~ N(0, 1): closed form for a ``PiecewiseLinear`` σ_*, else num_nodes-point
-    Gauss–Hermite (whose error at a kink decays only like 1/num_nodes: ~3e-3 at 128)."""
+    Gauss–Hermite (whose error at a kink decays only like 1/num_nodes)."""
     if isinstance(activation, PiecewiseLinear):
         return activation.offset + sum(k * _relu_gaussian(c, a) for k, a in zip(activation.slopes, activation.kinks))
     nodes, weights = np.polynomial.hermite_e.hermegauss(num_nodes)

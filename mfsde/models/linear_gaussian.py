@@ -1,4 +1,4 @@
-"""Linear units σ(x; θ) = θ·x with prior N(0, s² I): the closed form of DESIGN.md §5.
+"""Linear units σ(x; θ) = θ·x with prior N(0, s² I): the closed form of docs/design.md §5.
 
 With Σ̂ = XᵀX/P, ĉ = XᵀY/P and A = Σ̂ + I/(βs²):
 Ψ(θ; ρ) = (Σ̂ m − ĉ)·θ with m = E_ρ[θ]; the fixed point is ρ* = N(m*, s² I) with
@@ -35,6 +35,17 @@ def make_data(key, num_data: int = DEFAULTS["num_data"], dim: int = DEFAULTS["di
     w = jax.random.normal(kw, (dim,))
     y = x @ w + noise * jax.random.normal(ke, (num_data,))
     return x, y
+
+
+def free_energy(key=None, num_data: int = DEFAULTS["num_data"], dim: int = DEFAULTS["dim"],
+                beta: float = DEFAULTS["beta"], prior_scale: float = DEFAULTS["prior_scale"],
+                noise: float = DEFAULTS["noise"]):
+    """``mfsde.FreeEnergy`` of ``make_unit(prior_scale)`` on ``make_data(key, ...)`` (key 0 by
+    default): the small problem with a closed-form fixed point that the docs' examples use."""
+    import mfsde
+
+    x, y = make_data(jax.random.key(0) if key is None else key, num_data, dim, noise)
+    return mfsde.FreeEnergy(unit if prior_scale == DEFAULTS["prior_scale"] else make_unit(prior_scale), x, y, beta)
 
 
 def moments(x, y):
