@@ -510,7 +510,7 @@ def check_fixed_point(fe: FreeEnergy, key: PRNGKeyArray, particles, *, num_chain
 
     if not isinstance(fe, FreeEnergy):
         raise TypeError(f"fe must be a mfsde.FreeEnergy, got {type(fe).__name__}")
-    if math.isinf(fe.beta):
+    if not fe.finite_beta:
         raise ValueError("check_fixed_point needs a finite beta (the Gibbs measure is degenerate at beta = inf)")
     if not 0.0 < level < 1.0:
         raise ValueError(f"level must be in (0, 1), got {level!r}")

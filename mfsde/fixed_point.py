@@ -19,6 +19,7 @@ import warnings
 from typing import NamedTuple
 
 import blackjax
+from blackjax.smc import resampling
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -69,21 +70,23 @@ class FixedPoint(eqx.Module):
     kernel: str = eqx.field(static=True)
 
 
-@functools.lru_cache(maxsize=16)
+@eqx.filter_jit
+def _sample_gibbs(fe: FreeEnergy, kernel: str, num_warmup: int, num_samples: int, num_integration_steps: int,
+                  key, output, init) -> "GibbsSamples":
+    # compiled once per structure (the unit, shapes, the kernel and its counts): the data,
+    # β, the output and the starts are traced, so every check_fixed_point / sample_gibbs /
+    # fixed-point round with the same settings reuses one program
+    logdensity = fe.gibbs_logdensity(output)
+    keys = jax.random.split(key, init.shape[0])
+    d = jax.vmap(lambda k, x: run_chain(logdensity, kernel, k, x, num_warmup, num_samples,
+                                        num_integration_steps))(keys, init)
+    return GibbsSamples(d.position, d.acceptance, d.diverging, d.energy, d.step_size)
+
+
 def _gibbs_runner(fe: FreeEnergy, kernel: str, num_warmup: int, num_samples: int, num_integration_steps: int):
-    # cached: every check_fixed_point / sample_gibbs call with the same settings reuses one
-    # compiled sampler (FreeEnergy hashes by identity)
+    """(key, output, init) -> GibbsSamples of G[output], one chain per row of init."""
     check_kernel(kernel)
-
-    @jax.jit
-    def run(key, output, init):
-        logdensity = fe.gibbs_logdensity(output)
-        keys = jax.random.split(key, init.shape[0])
-        d = jax.vmap(lambda k, x: run_chain(logdensity, kernel, k, x, num_warmup, num_samples,
-                                            num_integration_steps))(keys, init)
-        return GibbsSamples(d.position, d.acceptance, d.diverging, d.energy, d.step_size)
-
-    return run
+    return functools.partial(_sample_gibbs, fe, kernel, int(num_warmup), int(num_samples), int(num_integration_steps))
 
 
 def sample_gibbs(fe: FreeEnergy, key: PRNGKeyArray, output: Float[Array, " p"], init: Float[Array, "c d"], *,
@@ -119,6 +122,7 @@ def sample_gibbs(fe: FreeEnergy, key: PRNGKeyArray, output: Float[Array, " p"], 
     return _gibbs_runner(fe, kernel, num_warmup, num_samples, num_integration_steps)(key, output, init)
 
 
+@eqx.filter_jit
 def _moments(fe: FreeEnergy, samples):
     """E_G[σ(x; θ)] (P,), its Monte Carlo s.e. (P,) and a (P, S') centred-feature factor U.
 
@@ -188,7 +192,7 @@ def sample_fixed_point(fe: FreeEnergy, key: PRNGKeyArray, *, num_chains: int = 4
     """
     if not isinstance(fe, FreeEnergy):
         raise TypeError(f"fe must be a mfsde.FreeEnergy, got {type(fe).__name__}")
-    if math.isinf(fe.beta):
+    if not fe.finite_beta:
         raise ValueError("the fixed point of the Gibbs map needs a finite beta")
     for name, v in (("num_chains", num_chains), ("num_warmup", num_warmup), ("num_samples", num_samples),
                     ("max_iter", max_iter), ("num_integration_steps", num_integration_steps)):
@@ -248,6 +252,38 @@ def sample_fixed_point(fe: FreeEnergy, key: PRNGKeyArray, *, num_chains: int = 4
                       diverging=gs.diverging, energy=gs.energy, step_size=gs.step_size, kernel=kernel)
 
 
+@eqx.filter_jit
+def _tempered_smc(fe: FreeEnergy, output, init, key, target_ess: float, num_mcmc_steps: int, step_size: float,
+                  num_integration_steps: int):
+    """(final SMC state, log Z, number of temperatures) of BlackJAX's adaptive tempered SMC
+    from π₀ to G[output]; compiled once per structure and settings (output, data, β traced)."""
+    log_tilt = fe.gibbs_log_tilt(output)
+    inv_mass = jnp.var(init, axis=0)[None]
+    params = dict(step_size=jnp.asarray([step_size], init.dtype), inverse_mass_matrix=inv_mass,
+                  num_integration_steps=jnp.asarray([num_integration_steps]))
+    smc = blackjax.adaptive_tempered_smc(fe.unit.prior_logdensity, log_tilt, blackjax.hmc.build_kernel(),
+                                         blackjax.hmc.init, params, resampling.systematic, target_ess,
+                                         num_mcmc_steps=num_mcmc_steps)
+
+    def cond(c):
+        return c[0].tempering_param < 1.0
+
+    def body(c):
+        state, k, log_z, n = c
+        k, sub = jax.random.split(k)
+        state, info = smc.step(sub, state)
+        return state, k, log_z + info.log_likelihood_increment, n + 1
+
+    state, _, log_z, n = jax.lax.while_loop(cond, body, (smc.init(init), key, jnp.zeros((), init.dtype), 0))
+    return state, log_z, n
+
+
+@eqx.filter_jit
+def _mean_log_tilt(fe: FreeEnergy, output, points, weights):
+    """Σ_j w_j (−βΨ(v_j; f)), the weighted mean log tilt of G[f] at points v_j."""
+    return jnp.sum(weights * jax.vmap(fe.gibbs_log_tilt(output))(points))
+
+
 class GibbsNormalizer(NamedTuple):
     """``gibbs_log_normalizer``: log Z of G[f] and KL(G[f]‖π₀) by adaptive tempered SMC."""
 
@@ -280,11 +316,9 @@ def gibbs_log_normalizer(fe: FreeEnergy, key: PRNGKeyArray, output: Float[Array,
         >>> bool(jnp.isfinite(z.log_z)), bool(z.kl >= 0)        # log Z[f] and KL(G[f] || prior)
         (True, True)
     """
-    from blackjax.smc import resampling
-
     if not isinstance(fe, FreeEnergy):
         raise TypeError(f"fe must be a mfsde.FreeEnergy, got {type(fe).__name__}")
-    if math.isinf(fe.beta):
+    if not fe.finite_beta:
         raise ValueError("the Gibbs measure needs a finite beta")
     output = fe._check_output(output)
     num_particles = positive_int("num_particles", num_particles, minimum=2)
@@ -292,34 +326,14 @@ def gibbs_log_normalizer(fe: FreeEnergy, key: PRNGKeyArray, output: Float[Array,
     positive_int("num_mcmc_steps", num_mcmc_steps)
     positive_number("step_size", step_size)
     positive_int("num_integration_steps", num_integration_steps)
-    unit = fe.unit
-    log_tilt = fe.gibbs_log_tilt(output)
-
+    fe.gibbs_log_tilt(output)  # refuses a degenerate Gibbs measure before any work
     k0, k1 = jax.random.split(single_key(key, replicates="one SMC run of num_particles particles"))
     init = fe.prior_sample(k0, num_particles)
-    inv_mass = jnp.var(init, axis=0)[None]
-    params = dict(step_size=jnp.asarray([step_size], init.dtype), inverse_mass_matrix=inv_mass,
-                  num_integration_steps=jnp.asarray([num_integration_steps]))
-    smc = blackjax.adaptive_tempered_smc(unit.prior_logdensity, log_tilt, blackjax.hmc.build_kernel(),
-                                         blackjax.hmc.init, params, resampling.systematic, target_ess,
-                                         num_mcmc_steps=num_mcmc_steps)
-
-    @jax.jit
-    def run(k):
-        def cond(c):
-            return c[0].tempering_param < 1.0
-
-        def body(c):
-            state, k, log_z, n = c
-            k, sub = jax.random.split(k)
-            state, info = smc.step(sub, state)
-            return state, k, log_z + info.log_likelihood_increment, n + 1
-
-        return jax.lax.while_loop(cond, body, (smc.init(init), k, jnp.zeros((), init.dtype), 0))
-
-    state, _, log_z, n = run(k1)
+    state, log_z, n = _tempered_smc(fe, output, init, k1, float(target_ess), int(num_mcmc_steps), float(step_size),
+                                    int(num_integration_steps))
     if samples is None:
-        tilt = float(jnp.sum(state.weights * jax.vmap(log_tilt)(state.particles)))
+        tilt = float(_mean_log_tilt(fe, output, state.particles, state.weights))
     else:
-        tilt = float(jnp.mean(jax.vmap(log_tilt)(jnp.asarray(samples).reshape(-1, fe.dim))))
+        points = jnp.asarray(samples, fe.x.dtype).reshape(-1, fe.dim)
+        tilt = float(_mean_log_tilt(fe, output, points, jnp.full(points.shape[0], 1.0 / points.shape[0], fe.x.dtype)))
     return GibbsNormalizer(float(log_z), tilt - float(log_z), tilt, int(n), state.particles, state.weights)

@@ -68,6 +68,8 @@ class FreeEnergy(eqx.Module):
         unit: numpyro model of one hidden unit, ``unit(x) -> (P,)``.
         x: inputs, shape (P, ...). y: targets, shape (P,). Both finite.
         beta: inverse temperature, ``0 < beta <= inf`` (``inf``: the noiseless gradient flow).
+            Held as a 0-d array of the data's dtype, a traced value of every compiled
+            program (``finite_beta`` is the static part).
         chunk_size: data are swept in chunks of this many points, so that no (N, P) array
             is formed (memory O(N · chunk)); results equal the unchunked ones to float
             tolerance. ``None``: one chunk. ``"auto"`` (default): chosen per particle count
@@ -90,7 +92,10 @@ class FreeEnergy(eqx.Module):
     unit: UnitModel
     x: Array
     y: Array
-    beta: float = eqx.field(static=True)
+    # β is a traced value (a sweep over β reuses compiled programs); whether it is finite
+    # decides which terms exist (noise, the prior's drift), so that part is static
+    beta: Array
+    finite_beta: bool = eqx.field(static=True)
     chunk_size: int | str | None = eqx.field(static=True)
     num_data: int = eqx.field(static=True)
     sampler: Callable | None = eqx.field(static=True, default=None)
@@ -117,7 +122,8 @@ class FreeEnergy(eqx.Module):
             chunk_size = int(chunk_size)
         self.unit = unit if isinstance(unit, UnitModel) else UnitModel(unit, x)
         self.x, self.y = x, y
-        self.beta = beta
+        self.beta = jnp.asarray(beta, x.dtype)
+        self.finite_beta = not math.isinf(beta)
         self.chunk_size = chunk_size
         self.num_data = int(x.shape[0])
         if sampler is not None and not callable(sampler):
@@ -382,7 +388,7 @@ class FreeEnergy(eqx.Module):
     def gibbs_log_tilt(self, particles_or_output: Array) -> Callable[[Array], Array]:
         """θ ↦ −β Ψ(θ; ρ) = −β (1/P) Σ_p (f_ρ(x_p) − y_p) σ(x_p; θ), G[ρ]'s tilt of the prior
         (ρ frozen, as in ``gibbs_logdensity``): what tempering from π₀ to G[ρ] raises to a power."""
-        if math.isinf(self.beta):
+        if not self.finite_beta:
             raise ValueError("the Gibbs measure exp(-beta * Psi) is degenerate at beta = inf")
         r = self.residual(particles_or_output)
         beta, x, unit = self.beta, self.x, self.unit

@@ -25,6 +25,7 @@ import importlib.util
 import pathlib
 import sys
 import types
+import weakref
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -133,6 +134,55 @@ def _prior_draw_checks(unit: "UnitModel", x: Array, m: int):
     return thetas, logp, outs, part
 
 
+class _Layout(NamedTuple):
+    """What tracing a unit model gives: its flat size, sites, ravel map and prior potential."""
+
+    dim: int
+    site_names: tuple[str, ...]
+    site_shapes: tuple[tuple[int, ...], ...]
+    unravel: Callable
+    potential_fn: Callable
+
+
+# unit -> {(x shape, dtype): _Layout}. The same unit on data of the same shape gets the
+# same ravel map and potential, the static part of every compiled program, so a new
+# FreeEnergy with other values (β, data) reuses the programs compiled for the last one.
+_LAYOUTS: "weakref.WeakKeyDictionary[Callable, dict]" = weakref.WeakKeyDictionary()
+
+
+def _layout_of(unit: Callable, x: Array) -> _Layout:
+    """The ``_Layout`` of ``unit(x)``, traced once per unit and input shape; raises
+    ``ValueError`` for what mfsde cannot treat (``_validate_sites``)."""
+    signature = (tuple(x.shape), str(x.dtype))
+    try:
+        known = _LAYOUTS.setdefault(unit, {})
+    except TypeError:  # not weakly referable: traced every time
+        known = {}
+    if signature in known:
+        return known[signature]
+    tr, out = _trace(unit, x)
+    names = _validate_sites(tr)
+    if out != (x.shape[0],):
+        raise ValueError(
+            f"unit model must return sigma(x; theta) of shape (P,) = ({x.shape[0]},) for "
+            f"x of shape {x.shape}, got {out}"
+        )
+    probe = x[:1]
+    tr_probe, _ = _trace(unit, probe)
+    for name in names:
+        if tr_probe[name].shape != tr[name].shape:
+            raise ValueError(
+                f"unit model site {name!r} has shape {tr[name].shape} for P = "
+                f"{x.shape[0]} inputs but {tr_probe[name].shape} for P = 1: a "
+                "unit's parameters must not depend on the number of inputs"
+            )
+    potential_fn, z = _potential(unit, probe, names)
+    flat, unravel = ravel_pytree(z)
+    layout = _Layout(int(flat.shape[0]), tuple(names), tuple(tr[k].shape for k in names), unravel, potential_fn)
+    known[signature] = layout
+    return layout
+
+
 class UnitModel(eqx.Module):
     """A traced numpyro model of one hidden unit, in flat unconstrained coordinates.
 
@@ -165,33 +215,16 @@ class UnitModel(eqx.Module):
         x = jnp.asarray(x)
         if x.ndim < 1 or x.shape[0] < 1:
             raise ValueError(f"x must have shape (P, ...) with P >= 1, got {x.shape}")
-        tr, out = _trace(unit, x)
-        names = _validate_sites(tr)
-        if out != (x.shape[0],):
-            raise ValueError(
-                f"unit model must return sigma(x; theta) of shape (P,) = ({x.shape[0]},) for "
-                f"x of shape {x.shape}, got {out}"
-            )
+        layout = _layout_of(unit, x)
+        self.model = unit
+        self.dim = layout.dim
+        self.site_names = layout.site_names
+        self.site_shapes = layout.site_shapes
+        self._unravel = layout.unravel
+        self._potential_fn = layout.potential_fn
         # Priors never depend on the data values, so the prior machinery runs on one row
         # of x: nothing of size P is ever computed per particle outside apply().
-        probe = x[:1]
-        tr_probe, _ = _trace(unit, probe)
-        for name in names:
-            if tr_probe[name].shape != tr[name].shape:
-                raise ValueError(
-                    f"unit model site {name!r} has shape {tr[name].shape} for P = "
-                    f"{x.shape[0]} inputs but {tr_probe[name].shape} for P = 1: a "
-                    "unit's parameters must not depend on the number of inputs"
-                )
-        potential_fn, z = _potential(unit, probe, names)
-        flat, unravel = ravel_pytree(z)
-        self.model = unit
-        self.dim = int(flat.shape[0])
-        self.site_names = tuple(names)
-        self.site_shapes = tuple(tr[k].shape for k in names)
-        self._unravel = unravel
-        self._potential_fn = potential_fn
-        self.x_probe = probe
+        self.x_probe = x[:1]
         self._check_prior_draws(x)
 
     def _check_prior_draws(self, x: Array) -> None:

@@ -91,20 +91,14 @@ def particle_logdensity(fe: FreeEnergy, num_particles: int):
     return logdensity
 
 
-@functools.lru_cache(maxsize=16)
-def _posterior_runner(fe: FreeEnergy, n: int, kernel: str, num_warmup: int, num_samples: int,
-                      num_integration_steps: int, thinning: int):
-    # cached: repeated calls with the same settings reuse one compiled sampler (FreeEnergy
-    # hashes by identity), as sample_gibbs's runner
+@eqx.filter_jit
+def _sample_posterior(fe: FreeEnergy, n: int, kernel: str, num_warmup: int, num_samples: int,
+                      num_integration_steps: int, thinning: int, key, init):
+    # compiled once per structure and counts; the data, β and the starts are traced
     logdensity = particle_logdensity(fe, n)
-
-    @jax.jit
-    def run(key, init):
-        keys = jax.random.split(key, init.shape[0])
-        return jax.vmap(lambda k, x: run_chain(logdensity, kernel, k, x, num_warmup, num_samples,
-                                               num_integration_steps, thinning))(keys, init.reshape(len(init), -1))
-
-    return run
+    keys = jax.random.split(key, init.shape[0])
+    return jax.vmap(lambda k, x: run_chain(logdensity, kernel, k, x, num_warmup, num_samples,
+                                           num_integration_steps, thinning))(keys, init.reshape(len(init), -1))
 
 
 def sample_particle_posterior(fe: FreeEnergy, key: PRNGKeyArray, num_particles: int, *, num_chains: int = 4,
@@ -136,7 +130,7 @@ def sample_particle_posterior(fe: FreeEnergy, key: PRNGKeyArray, num_particles: 
     """
     if not isinstance(fe, FreeEnergy):
         raise TypeError(f"fe must be a mfsde.FreeEnergy, got {type(fe).__name__}")
-    if math.isinf(fe.beta):
+    if not fe.finite_beta:
         raise ValueError("the N-particle posterior exp(-beta N R/2) needs a finite beta")
     check_kernel(kernel)
     for name, v in (("num_particles", num_particles), ("num_chains", num_chains), ("num_warmup", num_warmup),
@@ -155,8 +149,8 @@ def sample_particle_posterior(fe: FreeEnergy, key: PRNGKeyArray, num_particles: 
     check_run_fits("sample_particle_posterior", particle_run_bytes(fe, d, lambda m: kept * m), n, int(init.shape[0]),
                    "chains", f"The draws kept are num_samples x N x D numbers per chain: fewer num_samples (a larger "
                    "thinning) lowers them. ")
-    draws = _posterior_runner(fe, n, kernel, int(num_warmup), int(num_samples), int(num_integration_steps),
-                              int(thinning))(key, init)
+    draws = _sample_posterior(fe, n, kernel, int(num_warmup), int(num_samples), int(num_integration_steps),
+                              int(thinning), key, init)
     c = init.shape[0]
     return ParticlePosterior(draws.position.reshape(c, int(num_samples), n, d), draws.acceptance, draws.diverging,
                              draws.energy, draws.num_integration_steps, draws.step_size, kernel)

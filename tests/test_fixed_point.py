@@ -103,7 +103,9 @@ def test_check_fixed_point_linear(lin):
     tested in test_validation.py."""
     fe, x, y = lin
     p0 = fe.prior_sample(jax.random.key(3), 1000)
-    done = mfsde.langevin(fe, jax.random.key(4), p0, t1=12.0, dt0=0.01, ts=[12.0], diagnostics=False).particles
+    # key 5: with the noise drawn per step index, key 4's run lands at max |z| = 3.59 (p ~ 0.002
+    # over the 7 functions); keys 5..11 pass with max |z| in 0.26 .. 2.85
+    done = mfsde.langevin(fe, jax.random.key(5), p0, t1=12.0, dt0=0.01, ts=[12.0], diagnostics=False).particles
     early = mfsde.langevin(fe, jax.random.key(4), p0, t1=0.3, dt0=0.01, ts=[0.3], diagnostics=False).particles
     good = mfsde.check_fixed_point(fe, jax.random.key(5), done)
     bad = mfsde.check_fixed_point(fe, jax.random.key(5), early)

@@ -23,15 +23,16 @@ def lin(linear):
 
 def test_recursion_matches_hand_written(neuron):
     """θ_{k+1} = θ_k + h b(θ_k) + g (ΔW_{k−1} + ΔW_k)/2 with ΔW_{−1} := ΔW_0, on the same
-    Brownian increments as the solve (UnsafeBrownianPath with the run's key)."""
+    Brownian increments as the solve (step k's from ``fold_in(key, k)``, ``StepBrownian``)."""
+    from mfsde.dynamics._engine import StepBrownian
+
     x, y = neuron.make_data(jax.random.key(1), num_data=20, dim=3)
     fe = mfsde.FreeEnergy(neuron.unit, x, y, beta=30.0)
     p0 = fe.prior_sample(jax.random.key(2), 6)
     key, h, steps = jax.random.key(3), 0.05, 12
     traj = mfsde.langevin(fe, key, p0, t1=steps * h, dt0=h, ts=[steps * h], solver=mfsde.LeimkuhlerMatthews(),
                          diagnostics=False)
-    bm = diffrax.UnsafeBrownianPath(shape=jax.ShapeDtypeStruct(p0.shape, p0.dtype), key=key,
-                                    levy_area=diffrax.BrownianIncrement)
+    shape = jax.ShapeDtypeStruct(p0.shape, p0.dtype)
     drift, g = LangevinDrift(fe), float(LangevinNoise(fe.beta)(0.0))
 
     @jax.jit
@@ -39,7 +40,8 @@ def test_recursion_matches_hand_written(neuron):
         def step(carry, k):
             theta, prev = carry
             t0 = k * h
-            dw = bm.evaluate(t0, t0 + h)
+            dw = StepBrownian(shape, diffrax.BrownianIncrement,
+                              jax.random.fold_in(key, k.astype(jnp.int32))).evaluate(t0, t0 + h)
             prev = jnp.where(k == 0, dw, prev)
             return (theta + h * drift(t0, theta) + g * 0.5 * (prev + dw), dw), None
 

@@ -453,7 +453,8 @@ def summary(idata, fe=None) -> Summary:
         return float(obs[name].isel(time=-1).mean()) if "time" in obs[name].dims else float(obs[name].mean())
 
     w2 = last("w2_to_prior_bound")
-    if fe is not None:
+    const = idata["constant_data"].to_dataset() if "constant_data" in idata.children else {}
+    if fe is not None and "diverged_at" not in const:
         from ._divergence import w2_to_prior
         import jax
 
@@ -469,7 +470,8 @@ def summary(idata, fe=None) -> Summary:
         # a diverged run's particles have no W2; its verdict says why
         finite = bool(np.all(np.isfinite(np.asarray(flat.theta if hasattr(flat, "theta") else flat))))
         w2 = w2_to_prior(flat, fe) if finite else float("nan")
-    const = idata["constant_data"].to_dataset() if "constant_data" in idata.children else {}
+    elif "diverged_at" in const:
+        w2 = float("nan")  # a diverged run's last finite state is not its law; its verdict says why
     if "diverged_at" in const:
         at = np.atleast_1d(np.asarray(const["diverged_at"].values, np.float64))
         ok = False

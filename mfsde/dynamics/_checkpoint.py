@@ -20,7 +20,7 @@ import numpy as np
 __all__ = ["CheckpointFile", "data_fingerprint", "key_data"]
 
 # 2: diffrax segments are solved on their own clock [0, (b − a) dt0] (format 1: on [t0 + a dt0, t0 + b dt0])
-_FORMAT = "mfsde-checkpoint-2"
+_FORMAT = "mfsde-checkpoint-3"  # 3: noise drawn by step index (the one engine)
 
 
 def key_data(key) -> list:
@@ -30,7 +30,7 @@ def key_data(key) -> list:
 
 def data_fingerprint(fe) -> dict:
     """What identifies a free energy in a fingerprint: its data's digest, β, D and sites."""
-    return dict(data_sha256=array_digest(fe.x, fe.y), beta=repr(fe.beta), dim=fe.dim, sites=list(fe.unit.site_names))
+    return dict(data_sha256=array_digest(fe.x, fe.y), beta=repr(float(fe.beta)), dim=fe.dim, sites=list(fe.unit.site_names))
 
 
 def array_digest(*arrays) -> str:

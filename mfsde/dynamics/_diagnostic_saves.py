@@ -69,20 +69,26 @@ def diagnostic_policy(diagnostics, ts, t0: float, t1: float, dt0: float, stepsiz
 
 
 def diagnostic_gate(ts, every: int, dt0: float, dtype) -> tuple:
-    """(times of the diagnostic saves, tolerance) for ``ParticleObservables``; (None, 0.0)
-    when every save has them. The tolerance is a quarter of the smallest save spacing."""
-    if every <= 1:
+    """(the save times that carry diagnostics, NaN at the others, shape (T,); a tolerance
+    of a quarter of the smallest save spacing), both arrays, for ``ParticleObservables``;
+    (None, 0.0) when no save has them. Arrays of a fixed shape: a run of other dt0 or t1
+    reuses the compiled program."""
+    if every < 1:
         return None, 0.0
-    idx = diagnostic_save_indices(int(np.shape(ts)[0]), every)
-    spacing = dt0 if isinstance(ts, jax.core.Tracer) or len(ts) < 2 else min(dt0, float(np.min(np.diff(ts))))
-    return jnp.asarray(ts, dtype)[idx], 0.25 * spacing
+    num = int(np.shape(ts)[0])
+    idx = diagnostic_save_indices(num, every)
+    spacing = dt0 if isinstance(ts, jax.core.Tracer) or num < 2 else min(dt0, float(np.min(np.diff(ts))))
+    mask = np.zeros(num, bool)
+    mask[idx] = True
+    gated = jnp.where(jnp.asarray(mask), jnp.asarray(ts, dtype), jnp.nan)
+    return gated, jnp.asarray(0.25 * spacing, dtype)
 
 
-def at_diagnostic_saves(diagnose, t, diagnostic_ts, tol: float) -> dict:
-    """``diagnose()`` at a save within ``tol`` of one of ``diagnostic_ts`` (all saves when
-    None), NaN of the same shapes at the others: a ``lax.cond``, so the others cost nothing."""
+def at_diagnostic_saves(diagnose, t, diagnostic_ts, tol, names: tuple[str, ...], dtype) -> dict:
+    """``diagnose()`` (a dict of the scalars ``names``) at a save within ``tol`` of one of
+    ``diagnostic_ts`` (all saves when None), NaN at the others: a ``lax.cond``, so the
+    others cost nothing, and ``diagnose`` is traced once."""
     if diagnostic_ts is None:
         return diagnose()
-    shapes = jax.eval_shape(diagnose)
     return jax.lax.cond(jnp.any(jnp.abs(diagnostic_ts - t) < tol), diagnose,
-                        lambda: jax.tree.map(lambda a: jnp.full(a.shape, jnp.nan, a.dtype), shapes))
+                        lambda: {name: jnp.full((), jnp.nan, dtype) for name in names})

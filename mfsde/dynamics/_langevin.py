@@ -57,7 +57,7 @@ class LangevinDrift(eqx.Module):
 
     def __call__(self, t, particles, args=None):
         g = self.fe.grad_potential(particles)
-        if not math.isinf(self.fe.beta):
+        if self.fe.finite_beta:
             theta = particles.theta if isinstance(particles, Particles) else particles
             g = g - self.fe.grad_prior_logdensity(theta) / self.fe.beta
         return -self.schedule(t) * g
@@ -66,7 +66,7 @@ class LangevinDrift(eqx.Module):
 class LangevinNoise(eqx.Module):
     """g(t) = sqrt(2 ξ(t) / β), the isotropic diffusion scale."""
 
-    beta: float = eqx.field(static=True)
+    beta: Array
     schedule: Callable = eqx.field(static=True, default=_unit_schedule)
 
     def __call__(self, t):
@@ -96,19 +96,24 @@ class ParticleObservables(eqx.Module):
     prior_moments: tuple[Array, Array] | None = None
     moments: LawMoments | None = None
     diagnostic_ts: Array | None = None
-    diagnostic_tol: float = eqx.field(static=True, default=0.0)
+    diagnostic_tol: Array | float = 0.0
+
+    def _diagnostic_names(self) -> tuple[str, ...]:
+        names = ("stein_residual", "stein_curvature") if self.fe.finite_beta else ()
+        return names + ("kl_to_prior", "free_energy") + (("w2_to_prior_bound",) if self.prior_moments is not None
+                                                          else ())
 
     def _diagnostics(self, t, particles, risk):
         # The barrier keeps XLA from hoisting the Stein residual's work out of the save's
         # lax.cond into every step (measured: +15% a step at N = P = 1024 without it).
         particles, risk = jax.lax.optimization_barrier((particles, risk))
         out = {}
-        if not math.isinf(self.fe.beta):
+        if self.fe.finite_beta:
             bits = jax.lax.bitcast_convert_type(jnp.asarray(t, jnp.float32), jnp.uint32)
             out["stein_residual"], out["stein_curvature"] = stein_residual(
                 self.fe, particles, jax.random.fold_in(jax.random.key(_STEIN_SEED), bits))
         out["kl_to_prior"] = kl_to_prior(particles, self.fe)
-        out["free_energy"] = 0.5 * risk + (0.0 if math.isinf(self.fe.beta) else out["kl_to_prior"] / self.fe.beta)
+        out["free_energy"] = 0.5 * risk + (0.0 if not self.fe.finite_beta else out["kl_to_prior"] / self.fe.beta)
         if self.prior_moments is not None:
             out["w2_to_prior_bound"] = w2_to_prior_bound(particles, self.fe, self.prior_moments)
         return out
@@ -122,7 +127,8 @@ class ParticleObservables(eqx.Module):
             out.update(self.moments(particles))
         if self.diagnostics:
             out.update(at_diagnostic_saves(lambda: self._diagnostics(t, particles, out["risk"]), t,
-                                           self.diagnostic_ts, self.diagnostic_tol))
+                                           self.diagnostic_ts, self.diagnostic_tol, self._diagnostic_names(),
+                                           particles.dtype))
         for name, fn in self.extra:
             out[name] = fn(particles)
         return out
@@ -236,7 +242,7 @@ def langevin(
     particles0 = particles0.astype(fe.x.dtype)
     n = particles0.shape[-2]
     schedule = _unit_schedule if schedule is None else schedule
-    noise = None if math.isinf(fe.beta) else LangevinNoise(fe.beta, schedule)
+    noise = None if not fe.finite_beta else LangevinNoise(fe.beta, schedule)
     sde = ParticleSDE(LangevinDrift(fe, schedule), noise)
     run_ts = save_times(ts, float(t0), float(t1), float(dt0), stepsize_controller, noise is not None)
     every = diagnostic_policy(diagnostics, run_ts, float(t0), float(t1), float(dt0), stepsize_controller, n,

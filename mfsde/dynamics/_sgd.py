@@ -32,7 +32,7 @@ class SGDStep(eqx.Module):
     θ ← θ + η_k [−∇̂Ψ + β⁻¹∇log π₀] + sqrt(2η_k/β) g on the (N, D) array, η_k = η ξ(t)."""
 
     fe: FreeEnergy
-    step_size: float = eqx.field(static=True)
+    step_size: Array
     batch_size: int | None = eqx.field(static=True)
     noise: bool = eqx.field(static=True)
     prior_drift: bool = eqx.field(static=True)
@@ -71,7 +71,7 @@ class SGDObservables(eqx.Module):
     probe of step k = t/η; plus the extras."""
 
     fe: FreeEnergy
-    step_size: float = eqx.field(static=True)
+    step_size: Array
     stein: bool = eqx.field(static=True)
     extra: tuple[tuple[str, Callable], ...] = eqx.field(static=True, default=())
 
@@ -177,15 +177,16 @@ def sgd(fe: FreeEnergy, key: PRNGKeyArray, particles0: Float[Array, "n d"], *, n
         raise TypeError(f"sampler must be a function (key, batch_size) -> (x, y), got {type(sampler).__name__}")
     if batch_size is None and sampler is not None:
         raise ValueError("one-pass SGD from a population sampler needs a batch_size")
-    noise = not math.isinf(fe.beta) if noise is None else bool(noise)
+    noise = fe.finite_beta if noise is None else bool(noise)
     prior_drift = noise if prior_drift is None else bool(prior_drift)
-    if (noise or prior_drift) and math.isinf(fe.beta):
+    if (noise or prior_drift) and not fe.finite_beta:
         raise ValueError("noise and the prior drift need a finite beta")
     every = max(1, num_steps // 100) if save_every is None else positive_int("save_every", save_every)
-    step = SGDStep(fe, float(step_size), None if batch_size is None else int(batch_size), noise, prior_drift,
+    eta = jnp.asarray(float(step_size), fe.x.dtype)
+    step = SGDStep(fe, eta, None if batch_size is None else int(batch_size), noise, prior_drift,
                    _unit_schedule if schedule is None else schedule, sampler)
     # the Stein residual is zero-mean under p_N, the law noisy full-drift SGD approximates
-    obs = SGDObservables(fe, float(step_size), noise and prior_drift, tuple(sorted((observables or {}).items())))
+    obs = SGDObservables(fe, eta, noise and prior_drift, tuple(sorted((observables or {}).items())))
     ks = np.unique(np.r_[np.arange(0, num_steps, every), num_steps])
     info = (("sde", "sgd"), ("step_size", float(step_size)), ("batch_size", batch_size), ("noise", noise),
             ("prior_drift", prior_drift))

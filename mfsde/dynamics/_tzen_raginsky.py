@@ -220,11 +220,35 @@ def _inner_block_bytes(fe, points: int) -> int:
     return (points * (fe.dim + 2) + 2 * points * fe.chunk_for(points)) * fe.x.dtype.itemsize
 
 
-def _solve_on_unit_interval(fe, sde_of, observables, key, num_particles, dt0, ts, solver, progress, mean, var, grid,
+class _GreedySDE(eqx.Module):
+    """The greedy SDE's terms and observables (the same for every replicate)."""
+
+    drift: GreedyDrift
+    noise: _ConstantNoise
+
+    def __call__(self, key):
+        return ParticleSDE(self.drift, self.noise), key, TzenRaginskyObservables(self.drift.fe)
+
+
+class _BridgeSDE(eqx.Module):
+    """The bridge's terms for one replicate key: its inner draws (and the inner-ESS probes
+    of its observables) from the key's third split, its Brownian motion from the fourth."""
+
+    drift: BridgeDrift
+    noise: _ConstantNoise
+    num_ess: int = eqx.field(static=True)
+
+    def __call__(self, key):
+        _, _, k_inner, k_bm = jax.random.split(key, 4)
+        drift = eqx.tree_at(lambda d: d.key, self.drift, k_inner)
+        return ParticleSDE(drift, self.noise), k_bm, TzenRaginskyObservables(drift.fe, drift, self.num_ess)
+
+
+def _solve_on_unit_interval(fe, family, key, num_particles, dt0, ts, solver, progress, mean, var, grid,
                             checkpoint_every, checkpoint_path, fingerprint, info, inner_bytes=None, mesh=None):
     """``drive`` on t ∈ [0, 1] from W_0 = m with the cost column c_0 = 0, state (N, D + 1);
-    ``sde_of(key) -> (drift, noise key)`` (the bridge's drift depends on the replicate's
-    key) and ``observables(drift)``."""
+    ``family(noise)`` is the family's ``sde_of`` module for the noise Σ^{1/2} (the bridge's
+    drift depends on the replicate's key)."""
     positive_int("num_particles", num_particles)
     steps = time_grid(float(dt0), grid)
     if ts is None:
@@ -235,9 +259,7 @@ def _solve_on_unit_interval(fe, sde_of, observables, key, num_particles, dt0, ts
                           jnp.zeros((num_particles, 1), dtype)], axis=1)
     noise = _ConstantNoise(jnp.concatenate([jnp.sqrt(jnp.asarray(var, dtype)), jnp.zeros(1, dtype)]))
 
-    def sde(k):
-        drift, k_bm = sde_of(k)
-        return ParticleSDE(drift, noise), k_bm, observables(drift)
+    sde = family(noise)
 
     controller = None if grid == "uniform" else diffrax.StepTo(ts=jnp.asarray(steps, dtype))
     traj = drive(sde, key, y0, t0=0.0, t1=1.0, dt0=float(dt0), solver=diffrax.Euler() if solver is None else solver,
@@ -252,7 +274,7 @@ def _solve_on_unit_interval(fe, sde_of, observables, key, num_particles, dt0, ts
 def _check_fe(fe):
     if not isinstance(fe, FreeEnergy):
         raise TypeError(f"fe must be a mfsde.FreeEnergy, got {type(fe).__name__}")
-    if math.isinf(fe.beta):
+    if not fe.finite_beta:
         raise ValueError("Tzen–Raginsky dynamics need a finite beta (the prior's noise is part of them)")
 
 
@@ -298,7 +320,7 @@ def mckean_vlasov(fe: FreeEnergy, key: PRNGKeyArray, num_particles: int, *, dt0:
     _check_fe(fe)
     mean, var = gaussian_prior(fe)
     drift = GreedyDrift(fe, jnp.asarray(var, fe.x.dtype))
-    return _solve_on_unit_interval(fe, lambda k: (drift, k), lambda drift: TzenRaginskyObservables(fe), key, num_particles, dt0, ts,
+    return _solve_on_unit_interval(fe, lambda noise: _GreedySDE(drift, noise), key, num_particles, dt0, ts,
                                    solver, progress, mean, var, time_grid, checkpoint_every, checkpoint_path,
                                    dict(family="mckean_vlasov"), (("sde", "mckean_vlasov"),), mesh=mesh)
 
@@ -400,19 +422,13 @@ def schrodinger_bridge(fe: FreeEnergy, fixed_point_or_output, key: PRNGKeyArray,
         particle_chunk = max(1, cap // num_inner)
     if not (isinstance(particle_chunk, (int, np.integer)) and particle_chunk >= 1):
         raise ValueError(f"particle_chunk must be a positive integer or 'auto', got {particle_chunk!r}")
-    def sde_of(k):
-        _, _, k_inner, k_bm = jax.random.split(k, 4)
-        return BridgeDrift(fe, output, pool, log_z, jnp.asarray(mean, dtype), jnp.asarray(var, dtype), k_inner,
-                           n_g, n_r, int(particle_chunk)), k_bm
-
-    # each replicate's inner-ESS draws come from its own drift
-    def obs(drift):
-        return TzenRaginskyObservables(fe, drift, int(num_ess))
+    drift = BridgeDrift(fe, output, pool, log_z, jnp.asarray(mean, dtype), jnp.asarray(var, dtype),
+                        jax.random.key(0), n_g, n_r, int(particle_chunk))  # its key: each replicate's own
 
     fingerprint = dict(family="schrodinger_bridge", estimator=estimator, num_inner=int(num_inner), log_z=log_z_value)
     if checkpoint_path is not None:
         fingerprint.update(output_sha256=array_digest(output), pool_sha256=array_digest(pool))
-    return _solve_on_unit_interval(fe, sde_of, obs, key, num_particles, dt0, ts, solver, progress, mean, var, time_grid,
+    return _solve_on_unit_interval(fe, lambda noise: _BridgeSDE(drift, noise, int(num_ess)), key, num_particles, dt0, ts, solver, progress, mean, var, time_grid,
                                    checkpoint_every, checkpoint_path, fingerprint,
                                    (("sde", "schrodinger_bridge"), ("estimator", estimator),
                                     ("num_inner", int(num_inner)), ("log_normalizer", log_z_value)),

@@ -43,7 +43,7 @@ from ..free_energy import FreeEnergy
 from ..particles import Particles
 from ._checkpoint import data_fingerprint
 from ._sharding import hold_particle_axis, run_sharding
-from ._core import ParticleSDE, Trajectory, _jump_save_steps, drive, num_fixed_steps
+from ._core import ParticleSDE, Trajectory, drive, num_fixed_steps, save_times
 from ._diagnostic_saves import at_diagnostic_saves, diagnostic_gate, diagnostic_policy
 from ._langevin import stein_residual_at_step
 from ._stability import step_stability_hint
@@ -166,15 +166,17 @@ class WFRStep(eqx.Module):
     """
 
     fe: FreeEnergy
-    step_size: float = eqx.field(static=True)
-    alpha: float = eqx.field(static=True)
+    step_size: Array
+    alpha: Array
     birth_death: str | None = eqx.field(static=True)
-    bandwidth: float | None = eqx.field(static=True)
+    bandwidth: Array | None
     penalty: Penalty | None = eqx.field(static=True)
+    # α = 0 is a different program (no rate), not a value of the same one
+    reacts: bool = eqx.field(static=True, default=True)
 
     @property
     def layout(self) -> _Layout:
-        return _Layout(self.fe.dim, not math.isinf(self.fe.beta))
+        return _Layout(self.fe.dim, self.fe.finite_beta)
 
     def penalty_and_grad(self, theta):
         """((λ/q) Σ_k |θ_ik|^q, its gradient) over the penalised site's coordinates."""
@@ -195,10 +197,10 @@ class WFRStep(eqx.Module):
         pv, pgrad = self.penalty_and_grad(theta)
         v, drift = v + pv, -(grad + pgrad)
         rate = v
-        if not math.isinf(fe.beta):
+        if fe.finite_beta:
             logp, dlogp = jax.vmap(jax.value_and_grad(fe.unit.prior_logdensity))(theta)
             drift = drift + dlogp / fe.beta
-            if self.alpha:
+            if self.reacts:
                 h = silverman_bandwidth(theta, w) if self.bandwidth is None else self.bandwidth
                 rate = v + (kde_logdensity(theta, w, h) - logp) / fe.beta
         return rate - w @ rate, drift, f, w @ v
@@ -215,7 +217,7 @@ class WFRStep(eqx.Module):
             xi = jax.random.normal(k_noise, theta.shape, theta.dtype)
             theta = theta + jnp.sqrt(2.0 * h / self.fe.beta) * 0.5 * (xi_prev + xi)
         if self.birth_death is None:
-            if self.alpha:  # at α = 0 the weights stay put even where Λ overflows (0·∞)
+            if self.reacts:  # at α = 0 the weights stay put even where Λ overflows (0·∞)
                 lw = _unit_mean_weights(lw - self.alpha * h * delta)
             tail = [xi] if lay.noise else []
             return jnp.concatenate([theta, lw[:, None], births[:, None], deaths[:, None], *tail], axis=1)
@@ -250,14 +252,18 @@ class WFRObservables(eqx.Module):
     moments: LawMoments
     extra: tuple[tuple[str, Callable], ...] = eqx.field(static=True, default=())
     diagnostic_ts: Array | None = None
-    diagnostic_tol: float = eqx.field(static=True, default=0.0)
+    diagnostic_tol: Array | float = 0.0
+
+    def _diagnostic_names(self) -> tuple[str, ...]:
+        stein = ("stein_residual", "stein_curvature") if self.step.fe.finite_beta and self.step.birth_death else ()
+        return ("kl_to_prior", "free_energy") + stein
 
     def _diagnostics(self, t, measure, energy):
         fe, step = self.step.fe, self.step
         measure = jax.lax.optimization_barrier(measure)  # as ParticleObservables._diagnostics
         out = {"kl_to_prior": kl_to_prior(measure, fe)}
-        out["free_energy"] = energy + (0.0 if math.isinf(fe.beta) else out["kl_to_prior"] / fe.beta)
-        if not math.isinf(fe.beta) and step.birth_death:
+        out["free_energy"] = energy + (0.0 if not fe.finite_beta else out["kl_to_prior"] / fe.beta)
+        if fe.finite_beta and step.birth_death:
             out["stein_residual"], out["stein_curvature"] = stein_residual_at_step(fe, measure.theta, t,
                                                                                    step.step_size)
         return out
@@ -279,7 +285,8 @@ class WFRObservables(eqx.Module):
         out.update(self.moments(theta, None if lw is None else w))
         if self.diagnostics:
             out.update(at_diagnostic_saves(lambda: self._diagnostics(t, measure, out["energy"]), t,
-                                           self.diagnostic_ts, self.diagnostic_tol))
+                                           self.diagnostic_ts, self.diagnostic_tol, self._diagnostic_names(),
+                                           theta.dtype))
         for name, fn in self.extra:
             out[name] = fn(measure)
         return out
@@ -403,13 +410,15 @@ def wfr(fe: FreeEnergy, key: PRNGKeyArray, particles0, *, t1: float, dt0: float,
     else:
         fe._check_particles(theta0)
     finite("particles0", theta0)
-    step = WFRStep(fe, float(dt0), alpha, birth_death, bandwidth, penalty)
+    dtype = fe.x.dtype
+    step = WFRStep(fe, jnp.asarray(float(dt0), dtype), jnp.asarray(alpha, dtype), birth_death,
+                   None if bandwidth is None else jnp.asarray(bandwidth, dtype), penalty, alpha > 0)
     layout = step.layout
     n = theta0.shape[-2]
     y0 = _start_state(fe, key, particles0, layout, batched)
     n_steps = num_fixed_steps(float(t0), float(t1), float(dt0))
     sde = ParticleSDE(jump=step)
-    run_ts = float(t0) + _jump_save_steps(ts, float(t0), float(dt0), n_steps, sde.jump_every) * float(dt0)
+    run_ts = save_times(ts, float(t0), float(t1), float(dt0), jump_every=sde.jump_every)
     every = diagnostic_policy(diagnostics, run_ts, float(t0), float(t1), float(dt0), None, n, fe.num_data)
     obs = WFRObservables(step, every > 0, LawMoments.of(fe.unit), tuple(sorted((observables or {}).items())),
                          *diagnostic_gate(run_ts, every, float(dt0), theta0.dtype))
