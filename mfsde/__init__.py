@@ -8,7 +8,7 @@ parameters (``FreeEnergy``), the mean-field SDEs whose laws flow to its minimise
 ρ* ∝ π₀ exp(−βΨ(·; ρ*)).
 """
 
-from ._cache import enable_compilation_cache
+from ._cache import enable_compilation_cache, new_programs
 from ._version import __version__
 from .diagnostics import (
     entropy_knn,
@@ -51,7 +51,7 @@ from .particles import Particles
 
 enable_compilation_cache()
 
-__all__ = ["enable_compilation_cache", "sample_fixed_point", "check_fixed_point", "curvature_defect", "CurvatureDefect", "self_consistency", "SelfConsistency", "stein_test", "SteinTest", "sample_gibbs",
+__all__ = ["enable_compilation_cache", "new_programs", "sample_fixed_point", "check_fixed_point", "curvature_defect", "CurvatureDefect", "self_consistency", "SelfConsistency", "stein_test", "SteinTest", "sample_gibbs",
            "gibbs_log_normalizer", "FixedPoint", "FixedPointCheck", "GibbsNormalizer", "sample_particle_posterior",
            "ParticlePosterior", "particle_logdensity", "stein_residual", "FreeEnergy", "Particles", "UnitModel", "load_model", "langevin", "LeimkuhlerMatthews",
            "overdispersed_starts", "max_curvature", "sgd", "shard_particles", "mckean_vlasov", "schrodinger_bridge", "wfr", "Trajectory", "DivergenceError",

@@ -90,6 +90,23 @@ class CurvatureDefect(eqx.Module):
         return abs(self.z) > z_crit and abs(self.share) > _KINK_SHARE
 
 
+@eqx.filter_jit
+def _curvature_parts(fe: FreeEnergy, theta, key, rel_step, num_probes: int):
+    """(v·[∇Ψ(θ + hv) − ∇Ψ(θ − hv)]/(2h) − vᵀ∇²Ψ v per probe, the Stein curvature scale)."""
+    _, f = fe.grad_potential_and_output(theta)
+    probes = jnp.tile(theta, (num_probes, 1))
+    v = jax.random.rademacher(key, probes.shape, theta.dtype)
+    h = rel_step * jnp.sqrt(jnp.mean(theta**2))
+    h = jnp.where(h > 0, h, rel_step)
+
+    def grad(th):
+        return fe.potential_and_grad(th, f)[1]
+
+    hvp = jnp.sum(v * jax.jvp(grad, (probes,), (v,))[1], axis=1)
+    difference = jnp.sum(v * (grad(probes + h * v) - grad(probes - h * v)), axis=1) / (2.0 * h)
+    return difference - hvp, stein_residual(fe, theta, jax.random.fold_in(key, 1))[1]
+
+
 def curvature_defect(fe: FreeEnergy, particles: Float[Array, "n d"], key: PRNGKeyArray,
                      rel_step: float = _KINK_STEP, num_probes: int = 16) -> CurvatureDefect:
     """Is Ψ(·; f_N) twice differentiable along the particles? (``CurvatureDefect``)
@@ -121,20 +138,11 @@ def curvature_defect(fe: FreeEnergy, particles: Float[Array, "n d"], key: PRNGKe
         raise ValueError(f"particles must hold at least 2 particles (a standard error over them), got {n}")
     rel_step = positive_number("rel_step", rel_step)
     num_probes = positive_int("num_probes", num_probes)
-    _, f = fe.grad_potential_and_output(theta)
-    probes = jnp.tile(theta, (num_probes, 1))
-    v = jax.random.rademacher(single_key(key, replicates="one probe set per call"), probes.shape, theta.dtype)
-    h = rel_step * jnp.sqrt(jnp.mean(theta**2))
-    h = jnp.where(h > 0, h, rel_step)
-
-    def grad(th):
-        return fe.potential_and_grad(th, f)[1]
-
-    hvp = jnp.sum(v * jax.jvp(grad, (probes,), (v,))[1], axis=1)
-    difference = jnp.sum(v * (grad(probes + h * v) - grad(probes - h * v)), axis=1) / (2.0 * h)
-    m = np.asarray(difference - hvp, np.float64).reshape(num_probes, n).mean(axis=0)
+    key = single_key(key, replicates="one probe set per call")
+    defect, scale = _curvature_parts(fe, theta, key, jnp.asarray(rel_step, theta.dtype), num_probes)
+    m = np.asarray(defect, np.float64).reshape(num_probes, n).mean(axis=0)
     mean, se = float(m.mean()), float(m.std(ddof=1) / math.sqrt(n))
-    scale = float(stein_residual(fe, theta, jax.random.fold_in(key, 1))[1])
+    scale = float(scale)
     return CurvatureDefect(mean, se, mean / se if se > 0 else 0.0, mean / scale if scale != 0 else float("inf"))
 
 

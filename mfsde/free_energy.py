@@ -217,6 +217,13 @@ class FreeEnergy(eqx.Module):
             x = jnp.asarray(x, dtype=self.x.dtype)
             if x.ndim != self.x.ndim or x.shape[1:] != self.x.shape[1:]:
                 raise ValueError(f"x must have shape (P, {', '.join(map(str, self.x.shape[1:]))}), got {x.shape}")
+        if is_traced(particles) or is_traced(x) or (w is not None and is_traced(w)):
+            return self._output(particles, w, x)
+        # called eagerly: one compiled program per structure (an eager scan over the data
+        # chunks would be traced and compiled again for every FreeEnergy)
+        return _jit_output(self, particles, w, x)
+
+    def _output(self, particles, w, x):
         xc, _, _ = self._chunked(particles.shape[0], x)
         f = jax.lax.map(lambda xb: weighted_mean(self.features(particles, xb), w), xc)
         return f.reshape(-1)[: x.shape[0]]
@@ -401,3 +408,8 @@ class FreeEnergy(eqx.Module):
     def unflatten(self, particles: Float[Array, "n d"]) -> dict[str, Array]:
         """Named, constrained values per sample site: site -> (N, *site_shape)."""
         return self.unit.unflatten(particles)
+
+
+@eqx.filter_jit
+def _jit_output(fe: FreeEnergy, particles, w, x):
+    return fe._output(particles, w, x)

@@ -110,6 +110,8 @@ def _table(fe, p0, pool, traj, idata):
         "plot_marginals": Entry(None, jit="draws a matplotlib figure"),
         "plot_observables": Entry(None, jit="draws a matplotlib figure"),
         "load_model": Entry(None, jit="imports a Python file"),
+        "enable_compilation_cache": Entry(None, jit="configures JAX's compilation cache"),
+        "new_programs": Entry(None, jit="a context that lists the programs JAX lowers"),
         "shard_particles": Entry(lambda k, p: mfsde.shard_particles(p),
                                  idata="places the particles on devices; the values are its input's"),
     }

@@ -101,6 +101,7 @@ def _cases(fe, p0, x, y):
         ("stein_test", lambda: mfsde.stein_test(3), TypeError, "traj"),
         ("particle_logdensity", lambda: mfsde.particle_logdensity(fe, 0), ValueError, "num_particles"),
         ("load_model", lambda: mfsde.load_model("/nonexistent/model.py"), FileNotFoundError, "path"),
+        ("enable_compilation_cache", lambda: mfsde.enable_compilation_cache(3), TypeError, "path"),
         ("UnitModel", lambda: mfsde.UnitModel(3, x), TypeError, "unit"),
         ("overdispersed_starts", lambda: mfsde.overdispersed_starts(fe, k, 0, 8), ValueError, "num_replicates"),
         ("overdispersed_starts", lambda: mfsde.overdispersed_starts(fe, k, 2, 8, spread=-1.0), ValueError, "spread"),

@@ -247,9 +247,11 @@ def _span_one(sde_of, solver, observables, key, y, start, grid: StepGrid, saves:
         return carry, out
 
     carry = (first, y, state, jnp.asarray(-1, first.dtype))
-    carry, obs = jax.lax.scan(save, carry, saves.steps)
-    k, y, _, bad = run_to(carry, saves.last)
-    return SpanResult(y, obs, k, bad)
+    # the span's end is one more target of the same loop (observed, and the row dropped):
+    # one copy of the step in the program, not two
+    targets = jnp.concatenate([saves.steps, jnp.reshape(saves.last, (1,))])
+    (k, y, _, bad), obs = jax.lax.scan(save, carry, targets)
+    return SpanResult(y, jax.tree.map(lambda a: a[:-1], obs), k, bad)
 
 
 @eqx.filter_jit
