@@ -5,7 +5,7 @@ VENV := .venv
 VPY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench docs venv clean
+.PHONY: demo test test-all bench docs venv clean
 
 venv: $(STAMP)
 
@@ -19,7 +19,12 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(VPY) scripts/demo.py
 
+# make test: everything but the benchmarks' smoke runs (under 10 minutes on 2 cores);
+# make test-all (what CI runs): everything.
 test: $(STAMP)
+	$(VPY) -m pytest -q tests -m "not bench"
+
+test-all: $(STAMP)
 	$(VPY) -m pytest -q tests
 
 # The site, into site/: the tutorials run at smoke size for their output and figures

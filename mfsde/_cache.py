@@ -22,7 +22,7 @@ __all__ = ["enable_compilation_cache", "new_programs", "CACHE_ENV"]
 CACHE_ENV = "MFSDE_COMPILATION_CACHE"
 # Programs that compile faster than this are not worth a disk entry (JAX's default is 1 s;
 # most of mfsde's small programs take 0.1-1 s on 2 cores, which is what a test pays).
-_MIN_COMPILE_SECONDS = 0.1
+_MIN_COMPILE_SECONDS = 0.02
 
 
 def enable_compilation_cache(path: str | os.PathLike | None = None) -> pathlib.Path | None:

@@ -21,8 +21,6 @@ prior's N(0, s²I) per particle conditioned on Σ_i (θ_i − θ̄) = 0.
 
 from __future__ import annotations
 
-import functools
-import math
 
 import equinox as eqx
 import jax

@@ -133,6 +133,7 @@ _LANE_ENV = "MFSDE_LANE"
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "lane2: a long statistical test that make test runs in the second lane")
+    config.addinivalue_line("markers", "bench: a benchmark at smoke size (make test-all and CI; make test leaves it out)")
 
 
 def pytest_collection_modifyitems(config, items):
@@ -144,11 +145,13 @@ def pytest_collection_modifyitems(config, items):
         config.hook.pytest_deselected(items=[item for item in items if item not in keep])
         items[:] = keep
     config.stash[_PRESTART] = with_scripts and not in_lane
+    config.stash[_BENCH] = any(item.get_closest_marker("bench") is not None for item in items)
     config.stash[_LANE] = ([] if in_lane or not with_scripts else
                            ["-m", "pytest", "-q", "-p", "no:cacheprovider", *[item.nodeid for item in lane]])
 
 
 _PRESTART = pytest.StashKey[bool]()
+_BENCH = pytest.StashKey[bool]()
 _LANE = pytest.StashKey[list]()
 
 
@@ -173,7 +176,8 @@ def scripts(request, tmp_path_factory):
     runner.start(["tests/scripts/sharded_runs.py", str(runner.runs / "sharded.json")])
     for script in sorted((ROOT / "tutorials").glob("*.py")):
         runner.start([str(script)])
-    for args in (["bench/langevin.py", "--smoke", "--json", str(runner.runs / "bench.json")],
+    bench = request.config.stash.get(_BENCH, False)  # `make test-all` (CI) runs the benchmarks' smoke sizes
+    for args in () if not bench else (["bench/compile.py", "--smoke"], ["bench/langevin.py", "--smoke", "--json", str(runner.runs / "bench.json")],
                  ["bench/diagnostics.py", "--smoke"], ["bench/tzen_raginsky.py", "--smoke"],
                  ["bench/fixed_point.py", "--smoke"], ["bench/sgd.py", "--smoke"], ["bench/validation.py", "--smoke"],
                  ["bench/robustness.py", "--smoke"], ["bench/wfr.py", "--smoke"], ["bench/transport.py", "--smoke", "--online"],

@@ -25,6 +25,7 @@ def test_demo_smoke(scripts):
     assert "converged" in res.stdout and "r_hat" in res.stdout
 
 
+@pytest.mark.bench
 def test_bench_smoke(scripts):
     out = scripts.runs / "bench.json"
     res = scripts.run(["bench/langevin.py", "--smoke", "--json", str(out)])
@@ -34,6 +35,7 @@ def test_bench_smoke(scripts):
     assert "diffrax/scan" in res.stdout
 
 
+@pytest.mark.bench
 def test_diagnostics_bench_smoke(scripts):
     res = scripts.run(["bench/diagnostics.py", "--smoke"])
     assert res.returncode == 0, res.stdout + res.stderr
@@ -48,36 +50,42 @@ def test_tutorials_run_at_smoke_size(root, scripts):
         assert pngs and all(p.stat().st_size > 1000 for p in pngs), script.name
 
 
+@pytest.mark.bench
 def test_fixed_point_bench_smoke(scripts):
     res = scripts.run(["bench/fixed_point.py", "--smoke"])
     assert res.returncode == 0, res.stdout + res.stderr
     assert "MCMC rounds" in res.stdout and "R-hat" in res.stdout
 
 
+@pytest.mark.bench
 def test_tzen_raginsky_bench_smoke(scripts):
     res = scripts.run(["bench/tzen_raginsky.py", "--smoke"])
     assert res.returncode == 0, res.stdout + res.stderr
     assert "bridge/langevin" in res.stdout and "peak memory" in res.stdout
 
 
+@pytest.mark.bench
 def test_sgd_bench_smoke(scripts):
     res = scripts.run(["bench/sgd.py", "--smoke"])
     assert res.returncode == 0, res.stdout + res.stderr
     assert "steps/s" in res.stdout and "planted" in res.stdout and "anisotropic" in res.stdout and "exact at d = 40" in res.stdout
 
 
+@pytest.mark.bench
 def test_validation_bench_smoke(scripts):
     res = scripts.run(["bench/validation.py", "--smoke"])
     assert res.returncode == 0, res.stdout + res.stderr
     assert "ESS/s" in res.stdout and "LM/Euler" in res.stdout
 
 
+@pytest.mark.bench
 def test_robustness_bench_smoke(scripts):
     res = scripts.run(["bench/robustness.py", "--smoke"])
     assert res.returncode == 0, res.stdout + res.stderr
     assert "UnitModel trace" in res.stdout and "DivergenceError" in res.stdout and "memory check" in res.stdout
 
 
+@pytest.mark.bench
 def test_transport_bench_smoke(scripts):
     res = scripts.run(["bench/transport.py", "--smoke", "--online"])
     assert res.returncode == 0, res.stdout + res.stderr
@@ -85,12 +93,21 @@ def test_transport_bench_smoke(scripts):
     assert "per iteration" in res.stdout, res.stdout
 
 
+@pytest.mark.bench
 def test_wfr_bench_smoke(scripts):
     res = scripts.run(["bench/wfr.py", "--smoke"])
     assert res.returncode == 0, res.stdout + res.stderr
     assert "ratio to langevin" in res.stdout and "time to within" in res.stdout and "log-log slope" in res.stdout
 
 
+@pytest.mark.bench
+def test_compile_bench_smoke(scripts):
+    res = scripts.run(["bench/compile.py", "--smoke"])
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "sweep / run" in res.stdout, res.stdout
+
+
+@pytest.mark.bench
 def test_scale_bench_smoke(scripts):
     res = scripts.run(["bench/scale.py", "--smoke", "--devices", "1", "2"])
     assert res.returncode == 0, res.stdout + res.stderr

@@ -29,7 +29,7 @@ from . import _checkpoint
 from .._keys import as_keys
 from .._memory import check_run_fits
 from ._engine import (SaveGrid, levy_area, num_fixed_steps, one_step, progress_bar, run_span, save_steps_of,
-                      sde_terms, step_grid, DiagonalDiffusion)
+                      step_grid, DiagonalDiffusion)
 from ._sharding import Constrained, onto_solving_mesh, run_sharding, solving_context, solving_sharding, with_leading
 from ._starts import start_dispersion
 
@@ -365,11 +365,9 @@ def drive(sde, key, y0: Float[Array, "n d"], *, t0: float, t1: float, dt0: float
         checkpoint_every, checkpoint_path: run in segments of this many fixed steps and write
             the state after each to ``checkpoint_path`` (an .npz, replaced atomically); a
             rerun resumes from it; a file that is unreadable or was written by a different
-            run (``fingerprint``, sizes, times, key) raises ``ValueError``. A diffrax
-            segment s draws its noise from ``fold_in(key, s)`` (a resumed run equals the
-            uninterrupted checkpointed run exactly; it is another Brownian path than the
-            unsegmented run's); a chain of jumps alone draws from the global step index,
-            so its checkpointed run equals the unsegmented one.
+            run (``fingerprint``, sizes, times, key) raises ``ValueError``. Every draw
+            depends on the step index alone (``_engine``), so the checkpointed run, resumed
+            or not, is the unsegmented run exactly.
         fingerprint: what identifies the run for checkpoints (data, β, family options).
         info: the family's static description, appended to the trajectory's.
         stability_hint: ``(Θ_last) -> str``, what the family knows about its step's

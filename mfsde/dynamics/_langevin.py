@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Callable
 
@@ -10,7 +9,6 @@ import diffrax
 import equinox as eqx
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jaxtyping import Array, Float, PRNGKeyArray
 
 from .._checks import finite
@@ -200,9 +198,9 @@ def langevin(
             the state after each to ``checkpoint_path`` (an .npz, replaced atomically). If
             the file exists, the run resumes from it; a file that is unreadable or was
             written by a different run (data, β, sizes, times, key) raises ``ValueError``.
-            Segment s draws its noise from ``fold_in(key, s)``, so a resumed run equals the
-            uninterrupted checkpointed run exactly (it is a different Brownian path from
-            the unsegmented run with the same key). Fixed step sizes only.
+            Step k draws its noise from ``fold_in(key, k)`` however the run is cut, so a
+            checkpointed run, resumed or not, equals the plain run with the same key
+            exactly. Fixed step sizes only.
         mesh: a ``jax.sharding.Mesh`` with an axis "particles": split the particles over
             its devices (``mfsde.shard_particles``; N a multiple of its size). Default: the
             start's own sharding if it is split, else one device. See the README's

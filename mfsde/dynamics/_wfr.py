@@ -43,7 +43,7 @@ from ..free_energy import FreeEnergy
 from ..particles import Particles
 from ._checkpoint import data_fingerprint
 from ._sharding import hold_particle_axis, run_sharding
-from ._core import ParticleSDE, Trajectory, drive, num_fixed_steps, save_times
+from ._core import ParticleSDE, Trajectory, drive, save_times
 from ._diagnostic_saves import at_diagnostic_saves, diagnostic_gate, diagnostic_policy
 from ._langevin import stein_residual_at_step
 from ._stability import step_stability_hint
@@ -416,7 +416,6 @@ def wfr(fe: FreeEnergy, key: PRNGKeyArray, particles0, *, t1: float, dt0: float,
     layout = step.layout
     n = theta0.shape[-2]
     y0 = _start_state(fe, key, particles0, layout, batched)
-    n_steps = num_fixed_steps(float(t0), float(t1), float(dt0))
     sde = ParticleSDE(jump=step)
     run_ts = save_times(ts, float(t0), float(t1), float(dt0), jump_every=sde.jump_every)
     every = diagnostic_policy(diagnostics, run_ts, float(t0), float(t1), float(dt0), None, n, fe.num_data)
