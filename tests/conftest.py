@@ -136,6 +136,7 @@ def pytest_configure(config):
     config.addinivalue_line("markers", "bench: a benchmark at smoke size (make test-all and CI; make test leaves it out)")
 
 
+@pytest.hookimpl(trylast=True)  # after -m has deselected: what is left decides the lanes
 def pytest_collection_modifyitems(config, items):
     in_lane = os.environ.get(_LANE_ENV) == "2"
     with_scripts = any("test_scripts.py" in item.nodeid for item in items)
