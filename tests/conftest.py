@@ -66,7 +66,9 @@ class ScriptRunner:
 
     def __init__(self, root, runs):
         self.root, self.runs = root, runs
-        self.env = {"MFSDE_SMOKE": "1", "MFSDE_RUNS": str(runs), _LANE_ENV: "2"}
+        # the environment as the session began: a test's monkeypatched variable (e.g. a
+        # memory limit) must not leak into a script that starts while it is set
+        self.env = dict(os.environ, MFSDE_SMOKE="1", MFSDE_RUNS=str(runs), **{_LANE_ENV: "2"})
         self.queue, self.results, self.procs = collections.deque(), {}, {}
         self.seconds = {}  # wall time of each finished script, for the lane balance
         self.cond, self.worker = threading.Condition(), None
@@ -88,7 +90,7 @@ class ScriptRunner:
                     self.worker = None
                     return
                 key = self.queue.popleft()
-                env = dict(os.environ, **self.env)
+                env = dict(self.env)
                 env.pop("JAX_ENABLE_X64", None)
                 proc = self.procs[key] = subprocess.Popen([sys.executable, *key], cwd=self.root, env=env,
                                                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
