@@ -6,6 +6,11 @@ loads what an earlier one compiled instead of compiling it again. The folder is
 ``$MFSDE_COMPILATION_CACHE`` if set, else ``$XDG_CACHE_HOME/mfsde/jax`` (``~/.cache/mfsde/jax``);
 ``MFSDE_COMPILATION_CACHE=0`` (or ``off``) leaves JAX's own setting alone, and so does a
 cache folder the caller configured already.
+
+A run over several processes (``jax.distributed``, initialised before ``import mfsde``, as
+JAX requires: importing BlackJAX starts the backend) compiles without it: a multi-process
+executable read back from the cache can wait forever in its first collective (seen on CPU
+with gloo; openxla/xla#18286 is the GPU form).
 """
 
 from __future__ import annotations
@@ -27,7 +32,8 @@ _MIN_COMPILE_SECONDS = 0.02
 
 def enable_compilation_cache(path: str | os.PathLike | None = None) -> pathlib.Path | None:
     """Point JAX's persistent compilation cache at ``path`` (default as the module docstring
-    says) and return the folder; None when it is switched off or configured by the caller.
+    says) and return the folder; None when it is switched off, configured by the caller, or the
+    process is one of several (``jax.distributed``).
     ``import mfsde`` calls it once with no argument.
 
     Examples:
@@ -41,7 +47,7 @@ def enable_compilation_cache(path: str | os.PathLike | None = None) -> pathlib.P
     if path is not None and not isinstance(path, (str, os.PathLike)):
         raise TypeError(f"path must be a folder (str or os.PathLike), 'off', or None, got {type(path).__name__}")
     setting = os.environ.get(CACHE_ENV, "") if path is None else str(path)
-    if setting.strip().lower() in ("0", "off", "false", "no"):
+    if setting.strip().lower() in ("0", "off", "false", "no") or jax.distributed.is_initialized():
         return None
     if path is None and not setting and jax.config.jax_compilation_cache_dir:
         return None
@@ -57,6 +63,8 @@ def enable_compilation_cache(path: str | os.PathLike | None = None) -> pathlib.P
     jax.config.update("jax_compilation_cache_dir", str(folder))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", _MIN_COMPILE_SECONDS)
     return folder
+
+
 
 
 class new_programs:

@@ -97,9 +97,12 @@ def test_two_processes_run_the_single_process_trajectory(sharded):
     """2 processes x 2 devices (jax.distributed, gloo): one Langevin run on the particles
     split over all 4 devices equals the single-process run; a checkpointed run (process 0
     writes, both resume) equals its single-process twin and resumes exactly; the ArviZ
-    posterior gathered from the shards is the single-process one."""
+    posterior gathered from the shards is the single-process one. mfsde's persistent
+    compilation cache is off in both: a cached multi-process executable deadlocked its first
+    all-reduce."""
     mp = sharded["multi_process"]
     assert mp["returncodes"] == [0, 0], mp["logs"]
+    assert mp["cache_dirs"] == ["None", "None"], mp
     assert (mp["processes"], mp["devices"], mp["local_devices"]) == (2, 4, 2), mp
     assert mp["spec"] == "P('particles', None)", mp
     for name in ("max_abs_diff", "risk_diff", "checkpointed_diff", "idata_diff"):

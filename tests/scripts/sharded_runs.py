@@ -133,10 +133,10 @@ def multi_process(fe, theta, out_dir):
     env.pop("XLA_FLAGS", None)
     procs = [subprocess.Popen([sys.executable, __file__, "--worker", str(i), str(port), outs[i]], env=env,
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for i in range(2)]
-    logs = []
+    logs, deadline = [], time.monotonic() + 240
     for p in procs:
         try:
-            logs.append(p.communicate(timeout=300)[0])
+            logs.append(p.communicate(timeout=max(1.0, deadline - time.monotonic()))[0])
         except subprocess.TimeoutExpired:
             p.kill()
             logs.append(p.communicate()[0] + "\n(timed out)")
@@ -153,6 +153,7 @@ def multi_process(fe, theta, out_dir):
                       processes=int(got["processes"]), spec=str(got["spec"]),
                       checkpointed_diff=float(np.max(np.abs(got["checkpointed"] - np.asarray(checkpointed.particles)))),
                       resumed_diff=float(np.max(np.abs(got["resumed"] - got["checkpointed"]))),
+                      cache_dirs=[str(np.load(o)["cache_dir"]) for o in outs],
                       idata_diff=float(np.max(np.abs(got["idata_a"] - np.asarray(
                           mfsde.to_inference_data(single, fe)["posterior"]["a"])))))
     return result
@@ -178,7 +179,10 @@ def worker(out: str):
                  devices=jax.device_count(), local_devices=jax.local_device_count(), processes=jax.process_count(),
                  spec=str(traj.particles.sharding.spec),
                  checkpointed=gathered[0], resumed=gathered[1],
-                 idata_a=np.asarray(idata["posterior"]["a"]))
+                 idata_a=np.asarray(idata["posterior"]["a"]),
+                 cache_dir=str(jax.config.jax_compilation_cache_dir))
+    else:
+        np.savez(out, cache_dir=str(jax.config.jax_compilation_cache_dir))
     jax.distributed.shutdown()
 
 
