@@ -35,7 +35,6 @@ BETA, DT = 1e3, 1e-2
 
 def child(k: int, per_device: int, p: int, d: int, steps: int):
     import jax
-    import jax.numpy as jnp
     import equinox as eqx
 
     import mfsde

@@ -9,7 +9,7 @@ parameters (``FreeEnergy``), the mean-field SDEs whose laws flow to its minimise
 """
 
 from ._cache import enable_compilation_cache, new_programs
-from ._version import __version__
+from ._version import __version__  # noqa: F401 (re-exported)
 from .diagnostics import (
     entropy_knn,
     kl_to_prior,
@@ -48,13 +48,13 @@ from ._validation import (CurvatureDefect, FixedPointCheck, SelfConsistency, Ste
 from .free_energy import FreeEnergy
 from .model import UnitModel, load_model
 from .particles import Particles
+from ._trajectory import Run
 
 enable_compilation_cache()
 
 __all__ = ["enable_compilation_cache", "new_programs", "sample_fixed_point", "check_fixed_point", "curvature_defect", "CurvatureDefect", "self_consistency", "SelfConsistency", "stein_test", "SteinTest", "sample_gibbs",
            "gibbs_log_normalizer", "FixedPoint", "FixedPointCheck", "GibbsNormalizer", "sample_particle_posterior",
            "ParticlePosterior", "particle_logdensity", "stein_residual", "FreeEnergy", "Particles", "UnitModel", "load_model", "langevin", "LeimkuhlerMatthews",
-           "overdispersed_starts", "max_curvature", "sgd", "shard_particles", "mckean_vlasov", "schrodinger_bridge", "wfr", "Trajectory", "DivergenceError",
+           "overdispersed_starts", "max_curvature", "sgd", "shard_particles", "mckean_vlasov", "schrodinger_bridge", "wfr", "Trajectory", "Run", "DivergenceError",
            "ParticleSDE", "to_inference_data", "summary", "convergence", "equilibration", "stationarity", "kl_to_prior", "entropy_knn", "w2", "w2_gaussian", "w2_to_prior",
            "w2_to_prior_bound", "save", "load", "plot_marginals", "plot_observables"]
-__version__ = "0.1.0"

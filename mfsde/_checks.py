@@ -9,9 +9,12 @@ from __future__ import annotations
 import math
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["finite", "positive_int", "positive_number", "number_in", "idata"]
+from .particles import Particles
+
+__all__ = ["finite", "positive_int", "positive_number", "number_in", "idata", "particle_array"]
 
 
 def is_traced(a) -> bool:
@@ -39,6 +42,21 @@ def host_array(a) -> np.ndarray:
 
         return np.asarray(multihost_utils.process_allgather(a, tiled=True))
     return np.asarray(a)
+
+
+def particle_array(name: str, particles, dim: int, at_least: int = 1, why: str = "") -> jax.Array:
+    """θ (N, D) of an (N, D) array or a ``Particles``: ValueError naming ``name`` unless its
+    shape is (N, ``dim``) with N >= ``at_least`` (an empty cloud has no law: its output,
+    risk and moments are 0/0). ``why`` says what needs ``at_least``. Shapes are static, so
+    this also holds under jit."""
+    theta = jnp.asarray(particles.theta if isinstance(particles, Particles) else particles)
+    if theta.ndim != 2 or theta.shape[1] != dim:
+        raise ValueError(f"{name} must have shape (N, {dim}), got {theta.shape}")
+    if theta.shape[0] < at_least:
+        need = why or ("a cloud with no particles has no law" if at_least == 1 else "")
+        raise ValueError(f"{name} needs at least {at_least} particle{'s' if at_least > 1 else ''}"
+                         f"{': ' + need if need else ''}; got N = {theta.shape[0]}")
+    return theta
 
 
 def positive_int(name: str, v, minimum: int = 1) -> int:

@@ -40,8 +40,13 @@ import numpy as np
 from jaxtyping import Array, Float, PRNGKeyArray
 
 from ._blocks import row_blocks, unblock
-from ._checks import finite, positive_int, positive_number
+from ._checks import finite, particle_array, positive_int, positive_number
 from ._keys import single_key
+from .diagnostics import convergence, to_inference_data
+from .diagnostics._arviz import check_tree, result_tree
+from .diagnostics._convergence import _ess, _uniform_saves, diagnostic_series
+from .dynamics import Trajectory, max_curvature
+from .fixed_point import sample_gibbs
 from .free_energy import FreeEnergy
 from .particle_posterior import stein_residual
 from .particles import Particles
@@ -131,7 +136,7 @@ def curvature_defect(fe: FreeEnergy, particles: Float[Array, "n d"], key: PRNGKe
     """
     if not isinstance(fe, FreeEnergy):
         raise TypeError(f"fe must be a mfsde.FreeEnergy, got {type(fe).__name__}")
-    theta = fe._check_particles(particles)
+    theta = particle_array("particles", particles, fe.dim)
     finite("particles", theta)
     n = theta.shape[0]
     if n < 2:
@@ -276,13 +281,11 @@ def self_consistency(fe: FreeEnergy, particles: Float[Array, "n d"], draws: Floa
         key = single_key(key, replicates="a key picks the projections of one statistic")
     from arviz_stats import ess
 
-    particles = fe._check_particles(particles)
+    particles = particle_array("particles", particles, fe.dim, at_least=2, why="the test needs a covariance")
     draws = jnp.asarray(draws, particles.dtype)
     if draws.ndim != 3 or draws.shape[-1] != fe.dim:
         raise ValueError(f"draws must have shape (chains, draws, {fe.dim}), got {draws.shape}")
     n = particles.shape[0]
-    if n < 2:
-        raise ValueError(f"the self-consistency test needs at least 2 particles, got {n}")
     chains, per_chain, d = draws.shape
     flat = draws.reshape(-1, d)
     s = flat.shape[0]
@@ -382,9 +385,10 @@ class FixedPointCheck(eqx.Module):
         return self.test.output_error
 
 
-def _draws_for(fe, key, particles, num_chains, num_warmup, num_samples, kernel):
-    from .fixed_point import sample_gibbs
+result_tree.register(FixedPointCheck, check_tree)
 
+
+def _draws_for(fe, key, particles, num_chains, num_warmup, num_samples, kernel):
     f = fe.output(particles)
     init = particles[np.linspace(0, particles.shape[0] - 1, num_chains).astype(int)]
     return sample_gibbs(fe, key, f, init, num_warmup=num_warmup, num_samples=num_samples, kernel=kernel).samples
@@ -396,20 +400,9 @@ def _worst(test: SelfConsistency, mean_field: bool = False) -> str:
     return f"{test.components[j]}: z = {z[j]:+.2f}"
 
 
-def _solver_named(name: str):
-    import diffrax
-
-    from .dynamics import LeimkuhlerMatthews
-
-    if name == "LeimkuhlerMatthews":
-        return LeimkuhlerMatthews()
-    cls = getattr(diffrax, name, None)
-    return cls() if isinstance(cls, type) else None
-
-
 def _diagnostics_every(traj) -> int:
     """k of ``diagnostic_policy``: in-run diagnostics at every k-th save, 0 at none."""
-    return int(dict(traj.info).get("diagnostics_every", 1))
+    return traj.run.diagnostics_every
 
 
 def stein_test(traj, burn_in: float = 0.5) -> SteinTest | None:
@@ -429,9 +422,6 @@ def stein_test(traj, burn_in: float = 0.5) -> SteinTest | None:
         >>> bool(st.ess > 0), bool(abs(st.z) < 10)
         (True, True)
     """
-    from .diagnostics._convergence import _ess, _uniform_saves, diagnostic_series
-    from .dynamics import Trajectory
-
     if not isinstance(traj, Trajectory):
         raise TypeError(f"traj must be a mfsde.Trajectory (of mfsde.langevin with diagnostics), got "
                         f"{type(traj).__name__}")
@@ -447,7 +437,7 @@ def stein_test(traj, burn_in: float = 0.5) -> SteinTest | None:
     res, curv = (a[None] if a.ndim == 1 else a for a in (res, curv))
     every = _diagnostics_every(traj)
     (res, _), (curv, ts) = diagnostic_series(res, ts, every), diagnostic_series(curv, ts, every)
-    keep = _uniform_saves(ts, float(dict(traj.info).get("dt0", 0.0)))
+    keep = _uniform_saves(ts, traj.run.dt0 if math.isfinite(traj.run.dt0) else 0.0)
     ts, res, curv = ts[keep], res[:, keep], curv[:, keep]
     part = ts >= ts[0] + burn_in * (ts[-1] - ts[0])
     res, curv = res[:, part], curv[:, part]
@@ -457,7 +447,7 @@ def stein_test(traj, burn_in: float = 0.5) -> SteinTest | None:
     mean, se = float(res.mean()), float(res.std(ddof=1) / math.sqrt(ess))
     z = mean / se if se > 0 else 0.0
     scale = float(curv.mean())
-    return SteinTest(mean, se, z, 1.0 + mean / scale, ess, float(dict(traj.info).get("dt0", float("nan"))),
+    return SteinTest(mean, se, z, 1.0 + mean / scale, ess, traj.run.dt0,
                      se / abs(scale))
 
 
@@ -513,9 +503,6 @@ def check_fixed_point(fe: FreeEnergy, key: PRNGKeyArray, particles, *, num_chain
         >>> check.cause in ("passes", "finite-N", "not stationary", "time-step bias", "unexplained")
         True
     """
-    from .diagnostics import convergence, to_inference_data
-    from .dynamics import Trajectory, langevin, max_curvature
-
     if not isinstance(fe, FreeEnergy):
         raise TypeError(f"fe must be a mfsde.FreeEnergy, got {type(fe).__name__}")
     if not fe.finite_beta:
@@ -538,7 +525,7 @@ def check_fixed_point(fe: FreeEnergy, key: PRNGKeyArray, particles, *, num_chain
             theta = theta[replicate]
     else:
         theta = state
-    theta = fe._check_particles(theta)
+    theta = particle_array("particles", theta, fe.dim, at_least=2, why="the test needs a covariance")
     if not bool(jnp.all(jnp.isfinite(theta))):
         raise ValueError("particles contain non-finite values")
     k_mcmc, k_test, k_half = jax.random.split(
@@ -593,27 +580,24 @@ def check_fixed_point(fe: FreeEnergy, key: PRNGKeyArray, particles, *, num_chain
                                f"({_worst(test, True)}), the O(beta/N) self-interaction term (beta/N = "
                                f"{fe.beta / n:.3g}); more particles shrink it", test, stein, conv, None, draws, defect)
     failed = (f"FAIL: not consistent with the N = {n} stationary law ({stats})")
-    info = dict(traj.info) if traj is not None else {}
-    solver = _solver_named(str(info.get("solver", ""))) if traj is not None else None
-    fixed_step = info.get("controller") in ("ConstantStepSize", None) and "dt0" in info
-    can_halve = diagnose and traj is not None and solver is not None and fixed_step
-    if traj is not None and not stein_ok and not can_halve:
-        step = f"dt0 = {info['dt0']:.3g}" if "dt0" in info else f"step {info.get('step_size', float('nan')):.3g}"
+    run = traj.run if traj is not None else None
+    can_halve = diagnose and run is not None and run.continuation is not None
+    if run is not None and not stein_ok and not can_halve:
+        step = f"step {run.option('step_size'):.3g}" if run.option("step_size") is not None else f"dt0 = {run.dt0:.3g}"
         return FixedPointCheck(False, "time-step bias", f"FAIL (time-step bias): {stats}; the run is stationary, "
                                f"and its configurational temperature is not 1: the invariant law of the "
                                f"discrete chain ({step}) is biased", test, stein, conv, None, draws, defect)
     if not can_halve:
         hint = ("pass the Trajectory to check_fixed_point to diagnose the cause" if traj is None
-                else "the run looks stationary; no fixed-step Langevin run to continue at dt0/2")
+                else f"the run looks stationary; its family ({run.family or 'drive'}) offers no run to continue at dt0/2")
         return FixedPointCheck(False, "unexplained", f"{failed}; {hint}", test, stein, conv, None, draws, defect)
-    dt0, t0, t1 = float(info["dt0"]), float(info["t0"]), float(info["t1"])
+    dt0, t0, t1 = run.dt0, run.t0, run.t1
     curvature = float(max_curvature(fe, theta))
     stiffness = f"dt0 * lambda_max = {dt0 * curvature:.3g} (largest drift curvature {curvature:.3g})"
     span = diagnose_time if diagnose_time is not None else 0.5 * (t1 - t0)
     final = jnp.asarray(state)
     keys = jax.random.split(k_half, final.shape[0]) if batched else k_half
-    cont = langevin(fe, keys, final, t0=t1, t1=t1 + span, dt0=0.5 * dt0, solver=solver, diagnostics=True,
-                    progress=False)
+    cont = run.continuation(fe, keys, final, t1, t1 + span, 0.5 * dt0)
     if not stein_ok:
         half = stein_test(cont)
         se_diff = math.hypot(stein.se, half.se)

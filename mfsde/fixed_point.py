@@ -26,11 +26,10 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float, PRNGKeyArray
 
-from ._checks import finite, number_in, positive_int, positive_number
+from ._checks import particle_array, finite, number_in, positive_int, positive_number
 from ._mcmc import check_kernel, run_chain
 from ._keys import single_key
-from ._validation import FixedPointCheck, check_fixed_point  # re-exported: their home until 0.1
-from .dynamics import Trajectory
+from ._trajectory import Trajectory
 from .free_energy import FreeEnergy
 from .particles import Particles
 
@@ -149,7 +148,7 @@ def _start_of(fe: FreeEnergy, start, num_chains: int):
         cloud = jnp.asarray(cloud, fe.x.dtype)
         if cloud.ndim == 3 and isinstance(start, Trajectory):
             cloud = cloud.reshape(-1, cloud.shape[-1])  # replicate runs: one pooled cloud
-    theta = fe._check_particles(cloud)
+    theta = particle_array("start", cloud, fe.dim)
     finite("start", theta)
     n = theta.shape[0]
     if n < num_chains:

@@ -18,7 +18,7 @@ import jax.numpy as jnp
 from jaxtyping import Array, Float, PRNGKeyArray
 
 from ._blocks import row_blocks
-from ._checks import finite, is_traced
+from ._checks import finite, is_traced, particle_array
 from ._layout import particle_axis_first
 from .model import UnitModel
 from .particles import Particles, as_measure, weighted_mean
@@ -188,16 +188,10 @@ class FreeEnergy(eqx.Module):
         """D, the number of unconstrained parameters of one unit."""
         return self.unit.dim
 
-    def _check_particles(self, particles) -> Array:
-        particles = jnp.asarray(particles.theta if isinstance(particles, Particles) else particles)
-        if particles.ndim != 2 or particles.shape[1] != self.dim:
-            raise ValueError(f"particles must have shape (N, {self.dim}), got {particles.shape}")
-        return particles
-
     def _measure(self, particles) -> tuple[Array, Array | None]:
         """(θ (N, D), normalised weights or None) of an (N, D) array or a ``Particles``."""
         theta, w = as_measure(particles)
-        return self._check_particles(theta), w
+        return particle_array("particles", theta, self.dim), w
 
     def features(self, particles: Float[Array, "n d"], x: Array) -> Float[Array, "n p"]:
         """σ(x_p; θ_i) for all particles and inputs, shape (N, P). Memory O(N·P): for chunks.
@@ -335,7 +329,7 @@ class FreeEnergy(eqx.Module):
         Ψ(v; ρ) = (1/P) Σ_p r_p σ(x_p; v) with r = f_ρ − y fixed, so the points do not
         interact: one forward and one vjp per data chunk, memory O(M · chunk).
         """
-        thetas = self._check_particles(thetas)
+        thetas = particle_array("thetas", thetas, self.dim, at_least=0)
         r = self.residual(particles_or_output)
         p = self.num_data
 
@@ -357,7 +351,7 @@ class FreeEnergy(eqx.Module):
 
         One pass over the data in chunks: memory O((M + K) · chunk + M · K).
         """
-        a, b = self._check_particles(a), self._check_particles(b)
+        a, b = particle_array("a", a, self.dim, at_least=0), particle_array("b", b, self.dim, at_least=0)
         xc, _, wc = self._chunked(max(a.shape[0], b.shape[0]), self.x)
 
         def chunk(acc, batch):
@@ -373,7 +367,7 @@ class FreeEnergy(eqx.Module):
 
     def prior_logdensity(self, particles: Float[Array, "n d"]) -> Float[Array, " n"]:
         """log π₀(θ_i) in unconstrained coordinates (Jacobian included), shape (N,)."""
-        return jax.vmap(self.unit.prior_logdensity)(self._check_particles(particles))
+        return jax.vmap(self.unit.prior_logdensity)(particle_array("particles", particles, self.dim, at_least=0))
 
     def prior_sample(self, key: PRNGKeyArray, n: int) -> Float[Array, "n d"]:
         """n independent draws θ ~ π₀ as unconstrained flat particles, shape (n, D)."""

@@ -118,7 +118,7 @@ def _table(fe, p0, pool, traj, idata):
 
 
 # Result types and components: checked as pytrees through jit, not called.
-TYPES = {"Trajectory", "FixedPoint", "FixedPointCheck", "GibbsNormalizer", "ParticlePosterior", "SelfConsistency",
+TYPES = {"Trajectory", "Run", "FixedPoint", "FixedPointCheck", "GibbsNormalizer", "ParticlePosterior", "SelfConsistency",
          "SteinTest", "CurvatureDefect", "FreeEnergy", "UnitModel", "ParticleSDE", "LeimkuhlerMatthews", "Particles", "DivergenceError"}
 
 

@@ -138,6 +138,33 @@ def _cases(fe, p0, x, y):
     ]
 
 
+def test_degenerate_sizes_are_refused(small):
+    """N = 0 (no law), N too small for a covariance or a nearest neighbour, P = 0: each
+    refused with its argument named and the size it got, before anything runs."""
+    fe, p0 = small
+    k = jax.random.key(0)
+    cases = [
+        (lambda: mfsde.langevin(fe, k, p0[:0], t1=1.0, dt0=0.1), "particles0", "N = 0"),
+        (lambda: mfsde.sgd(fe, k, p0[:0], num_steps=3, step_size=0.1), "particles0", "N = 0"),
+        (lambda: mfsde.wfr(fe, k, p0[:0], t1=1.0, dt0=0.1, alpha=1.0), "particles0", "N = 0"),
+        (lambda: mfsde.langevin(fe, k, p0[:1], t1=1.0, dt0=0.1, diagnostics=True), "particles0", "N = 1"),
+        (lambda: fe.output(p0[:0]), "particles", "N = 0"),
+        (lambda: mfsde.max_curvature(fe, p0[:0]), "particles", "N = 0"),
+        (lambda: mfsde.to_inference_data(p0[:0], fe), "result", "N = 0"),
+        (lambda: mfsde.kl_to_prior(p0[:1], fe), "particles", "N = 1"),
+        (lambda: mfsde.w2_to_prior_bound(p0[:1], fe), "particles", "N = 1"),
+        (lambda: mfsde.self_consistency(fe, p0[:1], p0[None]), "particles", "N = 1"),
+        (lambda: mfsde.check_fixed_point(fe, k, p0[:1]), "particles", "N = 1"),
+        (lambda: mfsde.FreeEnergy(fe.unit, fe.x[:0], fe.y[:0], beta=1.0), "x", "P >= 1"),
+    ]
+    for i, (call, argument, size) in enumerate(cases):
+        with pytest.raises(ValueError) as info:
+            call()
+        assert argument in str(info.value) and size in str(info.value), (i, str(info.value))
+    # a single particle runs when nothing asks for a neighbour
+    assert mfsde.langevin(fe, k, p0[:1], t1=0.2, dt0=0.1, progress=False).particles.shape == (1, fe.dim)
+
+
 def test_bad_inputs_name_their_argument(small):
     fe, p0 = small
     cases = _cases(fe, p0, fe.x, fe.y)

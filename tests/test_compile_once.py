@@ -40,7 +40,7 @@ def test_langevin_values_are_traced(problems):
     fe, other, p0 = problems
     moved = p0 + 0.1
     run = lambda fe, k, t1, dt0: mfsde.langevin(fe, jax.random.key(k), p0, t1=t1, dt0=dt0).particles  # noqa: E731
-    assert dict(mfsde.langevin(fe, jax.random.key(0), p0, t1=4.2, dt0=0.02).info)["diagnostics_every"] > 0
+    assert mfsde.langevin(fe, jax.random.key(0), p0, t1=4.2, dt0=0.02).run.diagnostics_every > 0
     _no_new_programs(lambda: run(fe, 0, 4.2, 0.02),
                      lambda: run(fe, 1, 5.0, 0.02),                  # t1
                      lambda: run(fe, 2, 4.2, 0.0168),                # dt0

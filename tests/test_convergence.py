@@ -98,7 +98,8 @@ def test_overdispersed_starts_and_dispersion(planted):
     np.testing.assert_allclose(sd / sd[1], [0.5 / 2 ** (-1 / 3), 1.0, 2 ** (1 / 3) / 2 ** (-1 / 3), 2 / 2 ** (-1 / 3)],
                                rtol=0.15)
     same = jax.vmap(lambda k: fe.prior_sample(k, 200))(jax.random.split(jax.random.key(7), 4))
-    from mfsde.dynamics._starts import OVERDISPERSED_RATIO, start_dispersion
+    from mfsde.diagnostics._convergence import OVERDISPERSED_RATIO
+    from mfsde.dynamics._starts import start_dispersion
 
     assert start_dispersion(starts) > OVERDISPERSED_RATIO > start_dispersion(same)
     with pytest.raises(ValueError, match="spread"):

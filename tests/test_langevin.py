@@ -204,7 +204,7 @@ def test_bad_inputs(neuron):
     fe = mfsde.FreeEnergy(neuron.unit, x, y, beta=20.0)
     p0 = fe.prior_sample(jax.random.key(1), 4)
     key = jax.random.key(0)
-    with pytest.raises(ValueError, match=r"particles must have shape \(N, 3\)"):
+    with pytest.raises(ValueError, match=r"particles0 must have shape \(N, 3\)"):
         mfsde.langevin(fe, key, p0[:, :2], t1=1.0, dt0=0.1)
     with pytest.raises(ValueError, match="non-finite"):
         mfsde.langevin(fe, key, p0.at[0, 0].set(jnp.nan), t1=1.0, dt0=0.1)
@@ -284,7 +284,7 @@ def test_default_run_saves_diagnostics_on_the_budgeted_saves(neuron):
     p0 = fe.prior_sample(jax.random.key(6), 64)
     traj = mfsde.langevin(fe, jax.random.key(7), p0, t1=80.0, dt0=0.02)
     k = diagnostics_every(4000, 101, 64, 64)
-    assert dict(traj.info)["diagnostics_every"] == k and 1 < k < 101
+    assert traj.run.diagnostics_every == k and 1 < k < 101
     finite = np.flatnonzero(np.isfinite(np.asarray(traj.observables["kl_to_prior"])))
     np.testing.assert_array_equal(finite, diagnostic_save_indices(101, k))
     assert np.all(np.isfinite(np.asarray(traj.observables["stein_residual"]))[finite])
@@ -295,8 +295,8 @@ def test_default_run_saves_diagnostics_on_the_budgeted_saves(neuron):
     assert "cannot judge" not in verdict.reason
     assert {"kl_to_prior", "free_energy"} <= {v.name for v in verdict.observables}
     every = mfsde.langevin(fe, jax.random.key(7), p0, t1=1.0, dt0=0.02, diagnostics=True)
-    assert dict(every.info)["diagnostics_every"] == 1 and np.all(np.isfinite(np.asarray(every.observables["kl_to_prior"])))
+    assert every.run.diagnostics_every == 1 and np.all(np.isfinite(np.asarray(every.observables["kl_to_prior"])))
     short = mfsde.langevin(fe, jax.random.key(7), p0, t1=1.0, dt0=0.02)
-    assert dict(short.info)["diagnostics_every"] == 0 and "kl_to_prior" not in short.observables
+    assert short.run.diagnostics_every == 0 and "kl_to_prior" not in short.observables
     with pytest.raises(TypeError, match="diagnostics must be True, False or None"):
         mfsde.langevin(fe, jax.random.key(7), p0, t1=1.0, dt0=0.02, diagnostics="all")

@@ -9,7 +9,6 @@ fixed point, KL and log Z are computed by quadrature on a grid (exact to ~1e-10)
 import math
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import numpyro
 import numpyro.distributions as dist
@@ -142,13 +141,11 @@ def test_bridge_rejects_bad_input(linear_case, neuron):
         mfsde.schrodinger_bridge(fe, out, jax.random.key(0), 10, samples=pool, log_normalizer=kl, time_grid="cubic")
     with pytest.raises(ValueError, match="num_particles"):
         mfsde.mckean_vlasov(fe, jax.random.key(0), 0)
-    # the old keyword names still work, with a DeprecationWarning naming the new one
-    with pytest.warns(DeprecationWarning, match="num_inner"), pytest.raises(ValueError, match="multiple of 4"):
-        mfsde.schrodinger_bridge(fe, out, jax.random.key(0), 10, n_inner=6, samples=pool, log_normalizer=kl)
-    with pytest.warns(DeprecationWarning, match="num_particles"), pytest.raises(ValueError, match="num_particles"):
-        mfsde.mckean_vlasov(fe, jax.random.key(0), n_particles=0)
-    with pytest.raises(TypeError, match="both"):
-        mfsde.mckean_vlasov(fe, jax.random.key(0), num_particles=3, n_particles=3)
+    with pytest.raises(ValueError, match="multiple of 4"):
+        mfsde.schrodinger_bridge(fe, out, jax.random.key(0), 10, num_inner=6, samples=pool, log_normalizer=kl)
+    # no compatibility names before a first release
+    with pytest.raises(TypeError, match="n_particles"):
+        mfsde.mckean_vlasov(fe, jax.random.key(0), n_particles=3)
     inf = mfsde.FreeEnergy(fe.unit, fe.x, fe.y, float("inf"))
     with pytest.raises(ValueError, match="finite beta"):
         mfsde.mckean_vlasov(inf, jax.random.key(0), 10)

@@ -115,7 +115,7 @@ def test_check_passes_stationary_run_and_names_causes(small_neuron):
     assert not check.passed and check.cause == "not stationary" and "[a]" in check.reason, check.reason
     # 100 steps: the default budget affords no in-run diagnostics, and the verdict says the
     # time-step test is missing
-    assert dict(early.info)["diagnostics_every"] == 0 and "diagnostics=True" in check.reason, check.reason
+    assert early.run.diagnostics_every == 0 and "diagnostics=True" in check.reason, check.reason
     very_early = mfsde.langevin(fe, keys, p0, t1=2.0, dt0=0.2, progress=False, diagnostics=False)
     bare = mfsde.check_fixed_point(fe, jax.random.key(3), very_early.particles[0])
     assert not bare.passed and bare.cause == "unexplained" and bare.test.statistic > 5, bare.reason

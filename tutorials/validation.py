@@ -85,7 +85,7 @@ for k, t1 in enumerate(bounds):
         observables={name: jnp.concatenate([s.observables[name][:, (i > 0):] for i, s in enumerate(segments)], axis=1)
                      for name in seg.observables},
         # the run so far starts at 0, from the first segment's (overdispersed) starts
-        info=tuple((key, 0.0 if key == "t0" else dict(segments[0].info).get(key, val)) for key, val in seg.info))
+        run=seg.run.replace(t0=0.0, starts=segments[0].run.starts, start_dispersion=segments[0].run.start_dispersion))
     # the last one with the full diagnosis: the verdict on the whole run
     last = k == len(bounds) - 1
     check = mfsde.check_fixed_point(fe, jax.random.key(100 + k), so_far, diagnose=last, **MCMC)

@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
+import functools
 import pathlib
 
+import jax
 import numpy as np
 import xarray as xr
-from .. import _checks
 
-__all__ = ["to_inference_data", "save", "load"]
+from .. import _checks
+from .._trajectory import Trajectory
+from ..fixed_point import FixedPoint, GibbsNormalizer, GibbsSamples
+from ..free_energy import FreeEnergy
+from ..particle_posterior import ParticlePosterior
+from ..particles import Particles
+from ._moments import LawMoments, law_scales_per_run
+
+__all__ = ["to_inference_data", "save", "load", "result_tree", "check_tree"]
 
 
 def to_inference_data(result, fe):
@@ -51,29 +60,18 @@ def to_inference_data(result, fe):
         >>> "posterior" in idata.children and "observables" in idata.children
         True
     """
-    from ..free_energy import FreeEnergy
-
     if not isinstance(fe, FreeEnergy):
         raise TypeError(f"fe must be the mfsde.FreeEnergy the result came from, got {type(fe).__name__}")
-    for cls, build in _builders():
-        if isinstance(result, cls):
-            return build(result, fe)
+    return result_tree(result, fe)
+
+
+@functools.singledispatch
+def result_tree(result, fe):
+    """The DataTree of one kind of result. A result type defined above this floor
+    (``FixedPointCheck``) registers its builder where it is defined, so that the
+    diagnostics import nothing from the floors above them."""
     raise TypeError(f"result: to_inference_data takes a Trajectory, a particle cloud, FixedPoint, GibbsSamples, "
                     f"ParticlePosterior, FixedPointCheck or GibbsNormalizer; got {type(result).__name__}")
-
-
-def _builders():
-    import jax
-
-    from .._validation import FixedPointCheck
-    from ..dynamics import Trajectory
-    from ..fixed_point import FixedPoint, GibbsNormalizer, GibbsSamples
-    from ..particle_posterior import ParticlePosterior
-    from ..particles import Particles
-
-    return ((Trajectory, _trajectory_tree), (FixedPoint, _fixed_point_tree), (GibbsSamples, _gibbs_tree),
-            (ParticlePosterior, _particle_posterior_tree), (FixedPointCheck, _check_tree),
-            (GibbsNormalizer, _normalizer_tree), (Particles, _cloud_tree), ((np.ndarray, jax.Array), _cloud_tree))
 
 
 def _data_dims(fe) -> dict:
@@ -107,8 +105,6 @@ def _tree(fe, posterior: dict, constant: dict, dims: dict, **groups):
 def _split_state(particles):
     """(θ (R, N, D), log_weight (R, N) or None, single run?) of a final state (N, D),
     (R, N, D) or ``Particles``."""
-    from ..particles import Particles
-
     theta, lw = (particles.theta, particles.log_weight) if isinstance(particles, Particles) else (particles, None)
     theta, lw = _checks.host_array(theta), None if lw is None else _checks.host_array(lw)
     single = theta.ndim == 2
@@ -118,11 +114,9 @@ def _split_state(particles):
 
 
 def _cloud_tree(cloud, fe):
-    from ..particles import Particles
-
     if not isinstance(cloud, Particles):
         cloud = np.asarray(cloud)
-        fe._check_particles(cloud[0] if cloud.ndim == 3 else cloud)
+        _checks.particle_array("result", cloud[0] if cloud.ndim == 3 else cloud, fe.dim)
         cloud = Particles(cloud)
     theta, lw, _ = _split_state(cloud)
     tree = _tree(fe, _posterior(fe, theta), {"beta": np.asarray(fe.beta), "num_particles": np.asarray(theta.shape[1])},
@@ -139,7 +133,7 @@ def _trajectory_tree(traj, fe):
         observables = {k: v[None] for k, v in observables.items()}
     constant = dict(beta=np.asarray(fe.beta), num_particles=np.asarray(particles.shape[1]),
                     num_data=np.asarray(fe.num_data), dim=np.asarray(fe.dim), num_steps=np.asarray(traj.num_steps))
-    for k, v in dict(traj.info).items():
+    for k, v in traj.run.constants().items():
         constant[k] = np.asarray("None" if v is None else v)
     diverged = np.asarray(traj.diverged_at, np.float64)
     if not np.all(np.isinf(diverged)):
@@ -169,7 +163,9 @@ def _gibbs_tree(gs, fe):
                  sample_stats=_mcmc_stats(gs))
 
 
-def _check_tree(check, fe):
+def check_tree(check, fe):
+    """``FixedPointCheck`` (registered by ``check_fixed_point``'s module): the draws of
+    G[f_N] and the verdict with its statistics."""
     test = check.test
     constant = {"beta": np.asarray(fe.beta), "passed": np.asarray(bool(check.passed)), "cause": np.asarray(check.cause),
                 "reason": np.asarray(check.reason), "statistic": np.asarray(test.statistic),
@@ -182,8 +178,6 @@ def _check_tree(check, fe):
 
 
 def _normalizer_tree(norm, fe):
-    from ..particles import Particles
-
     tree = _cloud_tree(Particles(norm.particles, np.log(np.asarray(norm.weights))), fe)
     const = tree["constant_data"].to_dataset()
     tree["constant_data"] = xr.DataTree(const.assign(log_z=norm.log_z, kl=norm.kl,
@@ -195,8 +189,6 @@ def _law_scales(fe, particles, observables) -> dict[str, float]:
     """Finite-N noise level of the recorded law moments at the final particles (mean over
     runs, in the flat coordinates the moments use): what ``convergence`` compares a slow
     observable's wandering with."""
-    from ._moments import LawMoments, law_scales_per_run
-
     per_run = law_scales_per_run(LawMoments.of(fe.unit), particles)
     return {k: float(np.mean(np.asarray(v))) for k, v in per_run.items() if k in observables}
 
@@ -218,8 +210,6 @@ def _fixed_point_tree(fp, fe):
 
 
 def _particle_posterior_tree(pp, fe):
-    import jax
-
     samples = np.asarray(pp.samples)
     chains, draws, n, d = samples.shape
     flat = fe.unflatten(samples.reshape(-1, d))
@@ -235,6 +225,12 @@ def _particle_posterior_tree(pp, fe):
                      coords={"chain": np.arange(chains), "draw": np.arange(draws)})
     tree["observables"] = xr.DataTree(obs)
     return tree
+
+
+for _cls, _build in ((Trajectory, _trajectory_tree), (FixedPoint, _fixed_point_tree), (GibbsSamples, _gibbs_tree),
+                     (ParticlePosterior, _particle_posterior_tree), (GibbsNormalizer, _normalizer_tree),
+                     (Particles, _cloud_tree), (np.ndarray, _cloud_tree), (jax.Array, _cloud_tree)):
+    result_tree.register(_cls, _build)
 
 
 def save(idata, path) -> pathlib.Path:

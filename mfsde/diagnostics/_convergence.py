@@ -23,11 +23,20 @@ import functools
 import math
 from typing import NamedTuple
 
+import jax
 import numpy as np
+
 from .. import _checks
+from ..particles import Particles
+from ._divergence import w2_to_prior
 
 __all__ = ["stationarity", "equilibration", "convergence", "summary", "Summary", "Stationarity", "Convergence",
            "ObservableConvergence", "RHAT_MAX", "MIN_ESS", "MAX_BURN_IN", "LAW_BAND"]
+
+# Replicate starts count as overdispersed above this between/within ratio (≈ 1 for starts
+# drawn from one law; its maximum over 2D statistics at R = 2 stays below ~12 w.p. 0.99).
+OVERDISPERSED_RATIO = 25.0
+
 
 # MCMC chains agree when every site's rank-normalised R-hat is below this.
 RHAT_MAX = 1.05
@@ -121,6 +130,13 @@ class ObservableConvergence(NamedTuple):
     reason: str
 
 
+def diagnostic_save_indices(num_saves: int, every: int) -> np.ndarray:
+    """Indices i of the saves with diagnostics: (T − 1 − i) divisible by ``every``."""
+    if every < 1:
+        return np.zeros(0, np.int64)
+    return np.arange(num_saves - 1, -1, -every)[::-1]
+
+
 def diagnostic_series(values, ts, every: int) -> tuple[np.ndarray, np.ndarray]:
     """(values, ts) at the saves that hold an observable: all of them, or for a diagnostic
     saved only at every ``every``-th save counted back from the last (NaN at the others,
@@ -128,8 +144,6 @@ def diagnostic_series(values, ts, every: int) -> tuple[np.ndarray, np.ndarray]:
     values, ts = np.asarray(values), np.asarray(ts)
     if every <= 1 or ts.size < 2:
         return values, ts
-    from ..dynamics._diagnostic_saves import diagnostic_save_indices
-
     idx = diagnostic_save_indices(ts.size, every)
     others = np.setdiff1d(np.arange(ts.size), idx)
     if not np.all(np.isnan(values[..., others])):  # saved at every save (not a thinned diagnostic)
@@ -394,8 +408,6 @@ def rhat_threshold(chains: int, draws: int, dims: int, level: float = 0.01) -> f
 
 def _start_spread(idata) -> tuple[bool, float, str] | None:
     """(overdispersed?, ratio, description) from the starts ``langevin`` recorded, or None."""
-    from ..dynamics._starts import OVERDISPERSED_RATIO
-
     const = idata["constant_data"].to_dataset() if "constant_data" in idata.children else {}
     if "starts" not in const:
         return None
@@ -455,17 +467,12 @@ def summary(idata, fe=None) -> Summary:
     w2 = last("w2_to_prior_bound")
     const = idata["constant_data"].to_dataset() if "constant_data" in idata.children else {}
     if fe is not None and "diverged_at" not in const:
-        from ._divergence import w2_to_prior
-        import jax
-
         post = idata["posterior"].to_dataset()
         sel = {d: 0 for d in ("chain", "draw") if d in post.dims and "particle" in post.dims}
         sel = {"chain": 0} if not sel else sel
         values = {k: post[k].isel(**sel).values for k in fe.unit.site_names}
         flat = jax.vmap(fe.unit.flatten)(values)
         if "weights" in idata.children and "chain" in sel:
-            from ..particles import Particles
-
             flat = Particles(flat, jax.numpy.asarray(idata["weights"]["log_weight"].values[0]))
         # a diverged run's particles have no W2; its verdict says why
         finite = bool(np.all(np.isfinite(np.asarray(flat.theta if hasattr(flat, "theta") else flat))))

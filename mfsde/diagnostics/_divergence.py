@@ -113,10 +113,8 @@ def kl_to_prior(particles: Float[Array, "n d"] | Particles, fe, k: int = 1) -> F
         True
     """
     theta, w = as_measure(particles)
-    theta = fe._check_particles(theta)
-    if theta.shape[0] <= k:
-        raise ValueError(f"kl_to_prior needs particles with more than k = {k} points (it uses each point's k-th "
-                         f"nearest neighbour), got particles of shape {theta.shape}")
+    theta = _checks.particle_array("particles", theta, fe.dim, at_least=k + 1,
+                                   why=f"kl_to_prior uses each point's k-th nearest neighbour (k = {k})")
     if w is None:
         return -entropy_knn(theta, k) - jnp.mean(fe.prior_logdensity(theta))
     n, d = theta.shape
@@ -343,7 +341,7 @@ def w2_to_prior_bound(particles: Float[Array, "n d"], fe, moments=None) -> Float
     moments = gaussian_prior_moments(fe) if moments is None else moments
     if moments is None:
         raise ValueError("w2_to_prior_bound needs a Gaussian prior (Normal / MultivariateNormal sites)")
-    fe._check_particles(particles)
+    _checks.particle_array("particles", particles, fe.dim, at_least=2, why="the bound needs a covariance")
     mean, cov = _moments(particles)
     m0, s0 = (jnp.asarray(a, mean.dtype) for a in moments)
     return _bures(mean, cov, m0, s0)
@@ -364,7 +362,7 @@ def w2_to_prior(particles: Float[Array, "n d"], fe, key: PRNGKeyArray | None = N
         >>> bool(mfsde.w2_to_prior(p0, fe, jax.random.key(2)) < 1.0)   # prior draws: only sampling error
         True
     """
-    n = fe._check_particles(particles).shape[0]
+    n = _checks.particle_array("particles", particles, fe.dim).shape[0]
     _as_cloud("particles", particles)
     key = jax.random.key(0) if key is None else single_key(key, replicates="one prior sample to compare with")
     return w2(particles, fe.prior_sample(key, n), method=method)

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-import dataclasses
 
 import diffrax
 import equinox as eqx
@@ -28,12 +27,13 @@ from jaxtyping import Array, Float, PRNGKeyArray
 from . import _checkpoint
 from .._keys import as_keys
 from .._memory import check_run_fits
+from .._trajectory import Run, Trajectory
 from ._engine import (SaveGrid, levy_area, num_fixed_steps, one_step, progress_bar, run_span, save_steps_of,
                       step_grid, DiagonalDiffusion)
 from ._sharding import Constrained, onto_solving_mesh, run_sharding, solving_context, solving_sharding, with_leading
 from ._starts import start_dispersion
 
-__all__ = ["ParticleSDE", "Trajectory", "DivergenceError", "solve", "drive", "save_times", "num_fixed_steps"]
+__all__ = ["ParticleSDE", "Run", "Trajectory", "DivergenceError", "solve", "drive", "save_times", "num_fixed_steps"]
 
 
 class DivergenceError(FloatingPointError):
@@ -64,28 +64,6 @@ _PROGRESS_MIN_STEPS = 5000
 _ADAPTIVE_STEP_FACTOR = 64
 # Saves of a default grid: up to this many points in [t0, t1].
 DEFAULT_NUM_SAVES = 101
-
-
-class Trajectory(eqx.Module):
-    """A solved particle dynamics.
-
-    ts: save times, shape (T,). particles: the final state, shape (N, D) (or (R, N, D) for
-    R replicate runs). observables: name -> values at ``ts``, shape (T,) (or (R, T)).
-    num_steps: solver steps taken. info: static description of the run (solver, dt0, ...).
-    diverged_at: the time the state first became non-finite (the run stopped there), inf
-    if it never did; shape () (or (R,)). Outside jit a diverged run raises
-    ``DivergenceError`` instead; under an outer jit or vmap this field is the report.
-    """
-
-    ts: Float[Array, " t"]
-    particles: Float[Array, "n d"]
-    observables: dict[str, Float[Array, " t"]]
-    num_steps: Array
-    info: tuple[tuple[str, object], ...] = eqx.field(static=True, default=())
-    diverged_at: Array | float = float("inf")
-
-    def _replace(self, **changes) -> "Trajectory":
-        return dataclasses.replace(self, **changes)
 
 
 class ParticleSDE(eqx.Module):
@@ -277,15 +255,11 @@ def _solve(sde_of, key, y0, args, ts, batched, *, t0, t1, dt0, solver, observabl
         ts_out = grid.time(steps)
     bad = out.diverged_step
     diverged_at = jnp.where(bad >= 0, grid.time(bad + 1), jnp.inf)
-    info = (("solver", "jumps" if probe.drift is None else type(solver).__name__), ("dt0", float(dt0)),
-            ("t0", float(t0)), ("t1", float(t1)),
-            ("controller", "StepTo" if times is not None else "ConstantStepSize"))
-    if probe.jump is not None:
-        info += (("jump_every", probe.jump_every),)
+    run = _grid_run(probe, solver, t0, t1, dt0, "StepTo" if times is not None else "ConstantStepSize")
     num_steps = out.step - first + (out.diverged_step >= 0)  # the step that went non-finite counts
     if batched:
         num_steps = jnp.max(num_steps)
-    traj = Trajectory(ts=ts_out, particles=out.state, observables=obs, num_steps=num_steps, info=info,
+    traj = Trajectory(ts=ts_out, particles=out.state, observables=obs, num_steps=num_steps, run=run,
                       diverged_at=diverged_at)
     return traj, (grid, solver, out.diverged_step)
 
@@ -335,16 +309,16 @@ def _adaptive(sde_of, key, y0, args, ts, batched, *, t0, t1, dt0, solver, observ
         steps = jnp.max(steps)
     else:
         obs, y1, steps, at = one(key, y0, args)
-    info = (("solver", type(solver).__name__), ("dt0", float(dt0)), ("t0", float(t0)), ("t1", float(t1)),
-            ("controller", type(stepsize_controller).__name__))
-    return Trajectory(ts=jnp.asarray(ts, y0.dtype), particles=y1, observables=obs, num_steps=steps, info=info,
+    run = Run(solver=solver, controller=type(stepsize_controller).__name__, fixed_step=False, t0=float(t0),
+              t1=float(t1), dt0=float(dt0))
+    return Trajectory(ts=jnp.asarray(ts, y0.dtype), particles=y1, observables=obs, num_steps=steps, run=run,
                       diverged_at=at)
 
 
 def drive(sde, key, y0: Float[Array, "n d"], *, t0: float, t1: float, dt0: float, solver=None,
           observables: Callable, ts=None, stepsize_controller=None, progress: bool | None = None,
           adjoint=None, max_steps: int | None = None, checkpoint_every: int | None = None,
-          checkpoint_path=None, fingerprint: dict | None = None, info: tuple = (),
+          checkpoint_path=None, fingerprint: dict | None = None, run: Run = Run(),
           stability_hint: Callable[[Array | None], str] | None = None,
           state_columns: tuple[tuple[str, int], ...] | None = None,
           memory: tuple[str, Callable[[int, int], int]] | None = None,
@@ -358,7 +332,7 @@ def drive(sde, key, y0: Float[Array, "n d"], *, t0: float, t1: float, dt0: float
             bridge's inner draws); diffrax families only.
         key: one key or a batch of R keys (typed or raw, ``as_keys``): R replicate runs,
             vmapped, from ``y0`` of shape (N, D) (shared) or (R, N, D); particles and
-            observables then carry a leading replicate axis, and ``info`` records how the
+            observables then carry a leading replicate axis, and ``Trajectory.run`` records how the
             replicates started (``start_dispersion``). ``None`` for an ODE.
         t0, t1, dt0, solver, ts, stepsize_controller, adjoint, max_steps: as ``solve``.
         observables: ``observables(t, Θ, Θ_0) -> dict`` of scalars.
@@ -369,7 +343,9 @@ def drive(sde, key, y0: Float[Array, "n d"], *, t0: float, t1: float, dt0: float
             depends on the step index alone (``_engine``), so the checkpointed run, resumed
             or not, is the unsegmented run exactly.
         fingerprint: what identifies the run for checkpoints (data, β, family options).
-        info: the family's static description, appended to the trajectory's.
+        run: the family's part of the trajectory's ``Run`` (family, diagnostics_every,
+            options, continuation); the driver fills in the grid, the solver, the starts
+            and the sharding.
         stability_hint: ``(Θ_last) -> str``, what the family knows about its step's
             stability at the last finite state (``None`` when it is not known: adaptive
             steps), e.g. dt0 against the drift's largest curvature, for the divergence message.
@@ -397,7 +373,7 @@ def drive(sde, key, y0: Float[Array, "n d"], *, t0: float, t1: float, dt0: float
     options = dict(t0=float(t0), t1=float(t1), dt0=float(dt0), solver=solver, ts=ts,
                    stepsize_controller=stepsize_controller, progress=progress, adjoint=adjoint, max_steps=max_steps,
                    checkpoint_every=checkpoint_every, checkpoint_path=checkpoint_path, fingerprint=fingerprint,
-                   info=info, stability_hint=stability_hint, state_columns=state_columns, memory=memory)
+                   run=run, stability_hint=stability_hint, state_columns=state_columns, memory=memory)
     if sharding is None:
         sharding = run_sharding(None, y0)
     if sharding is None:
@@ -410,11 +386,11 @@ def drive(sde, key, y0: Float[Array, "n d"], *, t0: float, t1: float, dt0: float
                       observables=observables, **options)
     particles = traj.particles
     return traj._replace(particles=jax.device_put(particles, with_leading(sharding, particles.ndim)),
-                         info=traj.info + (("sharding", str(sharding.spec)), ("devices", sharding.num_devices)))
+                         run=traj.run.replace(sharding=str(sharding.spec), devices=sharding.num_devices))
 
 
 def _drive(sde_of, key, y0, *, t0, t1, dt0, solver, observables, ts, stepsize_controller, progress, adjoint,
-           max_steps, checkpoint_every, checkpoint_path, fingerprint, info, stability_hint, state_columns,
+           max_steps, checkpoint_every, checkpoint_path, fingerprint, run, stability_hint, state_columns,
            memory) -> Trajectory:
     """``drive`` on one device, or inside a sharded run's mesh context with the state's
     sharding already applied."""
@@ -456,7 +432,10 @@ def _drive(sde_of, key, y0, *, t0, t1, dt0, solver, observables, ts, stepsize_co
                                stability_hint, state_columns)
         else:
             _raise_if_diverged(traj, None, t0, dt0, stability_hint, state_columns)
-    return traj._replace(info=traj.info + tuple(info) + _start_info(y0, batched, jumps))
+    starts, dispersion = _start_info(y0, batched, jumps)
+    return traj._replace(run=traj.run.replace(family=run.family, diagnostics_every=run.diagnostics_every,
+                                              options=run.options, continuation=run.continuation, starts=starts,
+                                              start_dispersion=dispersion))
 
 
 def _whole_steps(t0: float, t1: float, dt0: float, what: str) -> int:
@@ -532,12 +511,9 @@ def _segmented(sde_of, key, y0, args, ts, batched, every, path, fingerprint, *, 
             bar.update(b - a)
     observables = {k: jnp.asarray(np.moveaxis(np.stack(v), 0, axis)) for k, v in obs.items()}
     solver = kwargs.get("solver")
-    info = (("solver", "jumps" if probe.drift is None else type(solver).__name__), ("dt0", dt0), ("t0", t0),
-            ("t1", t1), ("controller", "ConstantStepSize"), ("checkpoint_every", every))
-    if probe.jump is not None:
-        info += (("jump_every", probe.jump_every),)
+    run = _grid_run(probe, solver, t0, t1, dt0, "ConstantStepSize").replace(checkpoint_every=every)
     return Trajectory(ts=jnp.asarray(_step_times(ks, t0, t1, dt0), y0.dtype), particles=y, observables=observables,
-                      num_steps=jnp.asarray(n), info=info)
+                      num_steps=jnp.asarray(n), run=run)
 
 
 def _raise_if_diverged(traj: Trajectory, replay: _Replay | None, t0: float, dt0: float, hint, columns=None,
@@ -639,15 +615,21 @@ def _what_went_nonfinite(sde, args, t_last, y_last, y_bad, columns, offset: floa
                                   "one step of the scheme took them to non-finite values: an unstable step."), False
 
 
-def _start_info(y0, batched: bool, broadcast: bool) -> tuple:
-    """How the replicates started: one shared cloud, or per-replicate clouds and how
-    differently they are distributed (``start_dispersion``); nothing under tracing."""
+def _start_info(y0, batched: bool, broadcast: bool) -> tuple[str | None, float | None]:
+    """(starts, start_dispersion) of ``Run``: one shared cloud, or per-replicate clouds and
+    how differently they are distributed; (None, None) for one run or under tracing."""
     if not batched:
-        return ()
+        return None, None
     if y0.ndim == 2:
-        return (("starts", "shared"),)
+        return "shared", None
     if isinstance(y0, jax.core.Tracer):
-        return ()
+        return None, None
     if broadcast and bool(jnp.all(y0 == y0[:1])):
-        return (("starts", "shared"),)
-    return (("starts", "per-replicate"), ("start_dispersion", start_dispersion(y0)))
+        return "shared", None
+    return "per-replicate", float(start_dispersion(y0))
+
+
+def _grid_run(probe: ParticleSDE, solver, t0, t1, dt0, controller: str) -> Run:
+    """The grid and solver part of a fixed-step run's ``Run``."""
+    return Run(solver=None if probe.drift is None else solver, controller=controller, fixed_step=controller != "StepTo",
+               t0=float(t0), t1=float(t1), dt0=float(dt0), jump_every=probe.jump_every if probe.jump is not None else None)

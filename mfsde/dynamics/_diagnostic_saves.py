@@ -23,6 +23,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ..diagnostics._convergence import diagnostic_save_indices
+
 __all__ = ["DIAGNOSTICS_BUDGET", "diagnostics_every", "diagnostic_save_indices", "diagnostic_policy", "diagnostic_gate",
            "at_diagnostic_saves"]
 
@@ -31,6 +33,8 @@ DIAGNOSTICS_BUDGET = 0.1
 # residual's forward-over-reverse pass measured 2 to 11 steps (small N pays fixed costs,
 # bench/README.md); 20, so that the budget holds at every size measured.
 _SAVE_DRIFTS = 20.0
+# The k-NN KL (k = 1) needs a neighbour.
+_MIN_PARTICLES = 2
 
 
 def diagnostics_every(num_steps: int, num_saves: int, num_particles: int, num_data: int,
@@ -46,19 +50,19 @@ def diagnostics_every(num_steps: int, num_saves: int, num_particles: int, num_da
     return max(1, math.ceil(num_saves / affordable))
 
 
-def diagnostic_save_indices(num_saves: int, every: int) -> np.ndarray:
-    """Indices i of the saves with diagnostics: (T − 1 − i) divisible by ``every``."""
-    if every < 1:
-        return np.zeros(0, np.int64)
-    return np.arange(num_saves - 1, -1, -every)[::-1]
-
-
 def diagnostic_policy(diagnostics, ts, t0: float, t1: float, dt0: float, stepsize_controller,
                       num_particles: int, num_data: int) -> int:
     """k of ``diagnostics_every`` for a run's ``diagnostics`` option: ``True`` 1 (every
-    save), ``False`` 0 (none), ``None`` the budget over the run's steps and saves ``ts``."""
+    save), ``False`` 0 (none), ``None`` the budget over the run's steps and saves ``ts``;
+    none for a cloud too small for a nearest neighbour (an error if asked for)."""
     if diagnostics is not None and not isinstance(diagnostics, (bool, np.bool_)):
         raise TypeError(f"diagnostics must be True, False or None (a budget of 10% of the run), got {diagnostics!r}")
+    if num_particles < _MIN_PARTICLES:
+        if diagnostics:
+            raise ValueError(f"particles0 needs at least {_MIN_PARTICLES} particles for the in-run diagnostics (the "
+                             f"k-NN KL uses each particle's nearest neighbour); got N = {num_particles}: pass "
+                             f"diagnostics=False")
+        return 0
     if diagnostics is not None:
         return int(bool(diagnostics))
     if isinstance(stepsize_controller, diffrax.StepTo):

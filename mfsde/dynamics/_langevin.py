@@ -11,9 +11,8 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float, PRNGKeyArray
 
-from .._checks import finite
+from .._checks import particle_array, finite
 from ..free_energy import FreeEnergy
-from ..particles import Particles
 from ..particle_posterior import stein_residual
 from ..diagnostics._divergence import kl_to_prior, w2_to_prior_bound
 from ..diagnostics._moments import LawMoments
@@ -25,7 +24,9 @@ from ._sharding import run_sharding
 from ._solver import LeimkuhlerMatthews
 from jax.sharding import Mesh
 from ._stability import step_stability_hint
+from ._terms import LangevinDrift, LangevinNoise, unit_schedule
 from .._memory import particle_run_bytes
+from .._trajectory import Run
 
 # Seed of the Hutchinson probes of the in-run Stein residual (folded with each save time).
 _STEIN_SEED = 20131
@@ -40,35 +41,6 @@ def stein_residual_at_step(fe: FreeEnergy, particles, t, step_size: float):
     # saved under a lax.cond: the barrier keeps XLA from hoisting its work into every step
     particles = jax.lax.optimization_barrier(particles)
     return stein_residual(fe, particles, jax.random.fold_in(jax.random.key(_STEIN_SEED), k))
-
-
-def _unit_schedule(t):
-    return 1.0
-
-
-class LangevinDrift(eqx.Module):
-    """b(t, Θ)_i = ξ(t) [−∇Ψ(θ_i; ρ^N) + β⁻¹ ∇log π₀(θ_i)] over the (N, D) array (or a
-    weighted ``Particles``: ρ = Σ_j w_j δ_θj, weights held fixed)."""
-
-    fe: FreeEnergy
-    schedule: Callable = eqx.field(static=True, default=_unit_schedule)
-
-    def __call__(self, t, particles, args=None):
-        g = self.fe.grad_potential(particles)
-        if self.fe.finite_beta:
-            theta = particles.theta if isinstance(particles, Particles) else particles
-            g = g - self.fe.grad_prior_logdensity(theta) / self.fe.beta
-        return -self.schedule(t) * g
-
-
-class LangevinNoise(eqx.Module):
-    """g(t) = sqrt(2 ξ(t) / β), the isotropic diffusion scale."""
-
-    beta: Array
-    schedule: Callable = eqx.field(static=True, default=_unit_schedule)
-
-    def __call__(self, t):
-        return jnp.sqrt(2.0 * self.schedule(t) / self.beta)
 
 
 class ParticleObservables(eqx.Module):
@@ -130,6 +102,22 @@ class ParticleObservables(eqx.Module):
         for name, fn in self.extra:
             out[name] = fn(particles)
         return out
+
+
+class _Continuation(eqx.Module):
+    """The same Langevin run (solver, schedule) from ``particles`` on [t0, t1] with step
+    dt0, with every in-run diagnostic: ``Run.continuation`` of a fixed-step run."""
+
+    solver: diffrax.AbstractSolver
+    schedule: Callable
+
+    def __call__(self, fe: FreeEnergy, key, particles, t0: float, t1: float, dt0: float) -> Trajectory:
+        return langevin(fe, key, particles, t0=t0, t1=t1, dt0=dt0, solver=self.solver, schedule=self.schedule,
+                        diagnostics=True, progress=False)
+
+
+def _is_fixed_step(controller) -> bool:
+    return controller is None or isinstance(controller, diffrax.ConstantStepSize)
 
 
 def langevin(
@@ -232,14 +220,14 @@ def langevin(
     if batched and particles0.ndim == 3:
         if particles0.shape[0] != key.shape[0]:
             raise ValueError(f"particles0 has {particles0.shape[0]} replicates for {key.shape[0]} keys")
-        fe._check_particles(particles0[0])
+        particle_array("particles0", particles0[0], fe.dim)
     else:
-        particles0 = fe._check_particles(particles0)
+        particles0 = particle_array("particles0", particles0, fe.dim)
     # Under an outer jit/vmap the values are not known here; they are checked when concrete.
     finite("particles0", particles0)
     particles0 = particles0.astype(fe.x.dtype)
     n = particles0.shape[-2]
-    schedule = _unit_schedule if schedule is None else schedule
+    schedule = unit_schedule if schedule is None else schedule
     noise = None if not fe.finite_beta else LangevinNoise(fe.beta, schedule)
     sde = ParticleSDE(LangevinDrift(fe, schedule), noise)
     run_ts = save_times(ts, float(t0), float(t1), float(dt0), stepsize_controller, noise is not None)
@@ -256,7 +244,9 @@ def langevin(
         raise ValueError("LeimkuhlerMatthews is a scheme for the noisy dynamics; at beta = inf use diffrax.Euler() "
                          "or an adaptive ODE solver")
     return drive(sde, key, particles0, t0=float(t0), t1=float(t1), dt0=float(dt0), solver=solver, observables=obs,
-                 ts=run_ts, info=(("diagnostics_every", every),), stepsize_controller=stepsize_controller, progress=progress, adjoint=adjoint,
+                 ts=run_ts, stepsize_controller=stepsize_controller, progress=progress, adjoint=adjoint,
+                 run=Run(family="langevin", diagnostics_every=every,
+                         continuation=_Continuation(solver, schedule) if _is_fixed_step(stepsize_controller) else None),
                  max_steps=max_steps, checkpoint_every=checkpoint_every, checkpoint_path=checkpoint_path,
                  stability_hint=lambda last: step_stability_hint(
                      fe, (("at the last finite state", last), ("at the start", particles0.reshape(-1, n, fe.dim)[0])),

@@ -12,14 +12,16 @@ import numpy as np
 from jax.sharding import Mesh
 from jaxtyping import Array, Float, PRNGKeyArray
 
-from .._checks import finite, positive_int, positive_number
+from .._checks import particle_array, finite, positive_int, positive_number
 from ..diagnostics._moments import LawMoments
 from ..free_energy import FreeEnergy
 from ._checkpoint import data_fingerprint
 from ._sharding import run_sharding
 from ._core import ParticleSDE, Trajectory, drive
 from .._keys import as_keys
-from ._langevin import _unit_schedule, stein_residual_at_step
+from ._langevin import stein_residual_at_step
+from ._terms import unit_schedule
+from .._trajectory import Run
 from ._stability import step_stability_hint
 from .._memory import particle_run_bytes
 
@@ -162,10 +164,10 @@ def sgd(fe: FreeEnergy, key: PRNGKeyArray, particles0: Float[Array, "n d"], *, n
     if batched:
         if particles0.ndim == 3 and particles0.shape[0] != key.shape[0]:
             raise ValueError(f"particles0 has {particles0.shape[0]} replicates for {key.shape[0]} keys")
-        fe._check_particles(particles0[0] if particles0.ndim == 3 else particles0)
+        particle_array("particles0", particles0[0] if particles0.ndim == 3 else particles0, fe.dim)
         particles0 = jnp.broadcast_to(particles0, (key.shape[0], *particles0.shape[-2:])).astype(fe.x.dtype)
     else:
-        particles0 = fe._check_particles(particles0).astype(fe.x.dtype)
+        particles0 = particle_array("particles0", particles0, fe.dim).astype(fe.x.dtype)
     finite("particles0", particles0)
     num_steps = positive_int("num_steps", num_steps)
     positive_number("step_size", step_size)
@@ -183,16 +185,16 @@ def sgd(fe: FreeEnergy, key: PRNGKeyArray, particles0: Float[Array, "n d"], *, n
     every = max(1, num_steps // 100) if save_every is None else positive_int("save_every", save_every)
     eta = jnp.asarray(float(step_size), fe.x.dtype)
     step = SGDStep(fe, eta, None if batch_size is None else int(batch_size), noise, prior_drift,
-                   _unit_schedule if schedule is None else schedule, sampler)
+                   unit_schedule if schedule is None else schedule, sampler)
     # the Stein residual is zero-mean under p_N, the law noisy full-drift SGD approximates
     obs = SGDObservables(fe, eta, noise and prior_drift, tuple(sorted((observables or {}).items())))
     ks = np.unique(np.r_[np.arange(0, num_steps, every), num_steps])
-    info = (("sde", "sgd"), ("step_size", float(step_size)), ("batch_size", batch_size), ("noise", noise),
-            ("prior_drift", prior_drift))
+    run = Run(family="sgd", options=(("step_size", float(step_size)), ("batch_size", batch_size), ("noise", noise),
+                                     ("prior_drift", prior_drift)))
     return drive(ParticleSDE(jump=step), key, particles0, t0=0.0, t1=num_steps * float(step_size),
                  dt0=float(step_size), observables=obs, ts=ks * float(step_size),
                  progress=num_steps >= 5000 if progress is None else progress, checkpoint_every=checkpoint_every,
-                 checkpoint_path=checkpoint_path, info=info, sharding=run_sharding(mesh, particles0),
+                 checkpoint_path=checkpoint_path, run=run, sharding=run_sharding(mesh, particles0),
                  stability_hint=lambda last: step_stability_hint(
                      fe, (("at the last finite state", last), ("at the start", particles0.reshape(-1, *particles0.shape[-2:])[0])),
                      float(step_size), "step_size"),

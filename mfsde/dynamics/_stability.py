@@ -15,10 +15,11 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float, PRNGKeyArray
 
-from .._checks import positive_int
+from .._checks import particle_array, positive_int
 from .._keys import single_key
 from ..free_energy import FreeEnergy
 from ..particles import Particles
+from ._terms import LangevinDrift
 
 __all__ = ["max_curvature"]
 
@@ -69,12 +70,10 @@ def max_curvature(fe: FreeEnergy, particles: Float[Array, "n d"] | Particles, ke
         True
     """
     log_weight = particles.log_weight if isinstance(particles, Particles) else None
-    theta = fe._check_particles(particles)
+    theta = particle_array("particles", particles, fe.dim)
     num_iterations = positive_int("num_iterations", num_iterations)
     key = jax.random.key(0) if key is None else single_key(key, replicates="one power iteration")
     v0 = jax.random.normal(key, theta.shape, theta.dtype)
-
-    from ._langevin import LangevinDrift
 
     langevin_drift = LangevinDrift(fe)
 

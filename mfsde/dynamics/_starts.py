@@ -55,11 +55,6 @@ def overdispersed_starts(fe: FreeEnergy, key: PRNGKeyArray, num_replicates: int,
     return centre + jnp.asarray(scales, draws.dtype)[:, None, None] * (draws - centre)
 
 
-# Replicate starts count as overdispersed above this between/within ratio (≈ 1 for starts
-# drawn from one law; its maximum over 2D statistics at R = 2 stays below ~12 w.p. 0.99).
-OVERDISPERSED_RATIO = 25.0
-
-
 def start_dispersion(particles0) -> float:
     """How differently R replicate starting clouds (R, N, D) are distributed: the largest,
     over coordinates j and the moments θ_j and θ_j², of the F-like ratio

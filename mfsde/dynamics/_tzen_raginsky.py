@@ -41,14 +41,15 @@ from jax.sharding import Mesh
 from jaxtyping import Array, Float, PRNGKeyArray
 
 from .._checks import finite, positive_int
+from ..fixed_point import FixedPoint, gibbs_log_normalizer, sample_gibbs
 from ..free_energy import FreeEnergy
 from .._memory import particle_run_bytes
 from ._checkpoint import array_digest, data_fingerprint
 from ._sharding import run_sharding
 from ._core import ParticleSDE, Trajectory, drive, num_fixed_steps
 from .._keys import as_keys
-from .._api import renamed
 from .._blocks import row_blocks, unblock
+from .._trajectory import Run
 
 __all__ = ["mckean_vlasov", "schrodinger_bridge", "gaussian_prior", "time_grid", "GreedyDrift", "BridgeDrift"]
 
@@ -245,7 +246,7 @@ class _BridgeSDE(eqx.Module):
 
 
 def _solve_on_unit_interval(fe, family, key, num_particles, dt0, ts, solver, progress, mean, var, grid,
-                            checkpoint_every, checkpoint_path, fingerprint, info, inner_bytes=None, mesh=None):
+                            checkpoint_every, checkpoint_path, fingerprint, run: Run, inner_bytes=None, mesh=None):
     """``drive`` on t ∈ [0, 1] from W_0 = m with the cost column c_0 = 0, state (N, D + 1);
     ``family(noise)`` is the family's ``sde_of`` module for the noise Σ^{1/2} (the bridge's
     drift depends on the replicate's key)."""
@@ -265,9 +266,9 @@ def _solve_on_unit_interval(fe, family, key, num_particles, dt0, ts, solver, pro
     traj = drive(sde, key, y0, t0=0.0, t1=1.0, dt0=float(dt0), solver=diffrax.Euler() if solver is None else solver,
                  observables=None, ts=ts, stepsize_controller=controller, progress=progress,
                  checkpoint_every=checkpoint_every, checkpoint_path=checkpoint_path,
-                 fingerprint=dict(data_fingerprint(fe), time_grid=grid, **fingerprint), info=info,
+                 fingerprint=dict(data_fingerprint(fe), time_grid=grid, **fingerprint), run=run,
                  state_columns=(("theta", fe.dim), ("control cost", 1)),
-                 memory=(info[0][1], particle_run_bytes(fe, fe.dim + 1, inner_bytes)), sharding=run_sharding(mesh, y0))
+                 memory=(run.family, particle_run_bytes(fe, fe.dim + 1, inner_bytes)), sharding=run_sharding(mesh, y0))
     return traj._replace(particles=traj.particles[..., : fe.dim])
 
 
@@ -278,7 +279,6 @@ def _check_fe(fe):
         raise ValueError("Tzen–Raginsky dynamics need a finite beta (the prior's noise is part of them)")
 
 
-@renamed(n_particles="num_particles")
 def mckean_vlasov(fe: FreeEnergy, key: PRNGKeyArray, num_particles: int, *, dt0: float = 0.01, ts: Array | None = None,
                   solver: diffrax.AbstractSolver | None = None, time_grid: str = "uniform",
                   progress: bool | None = None, checkpoint_every: int | None = None,
@@ -322,10 +322,9 @@ def mckean_vlasov(fe: FreeEnergy, key: PRNGKeyArray, num_particles: int, *, dt0:
     drift = GreedyDrift(fe, jnp.asarray(var, fe.x.dtype))
     return _solve_on_unit_interval(fe, lambda noise: _GreedySDE(drift, noise), key, num_particles, dt0, ts,
                                    solver, progress, mean, var, time_grid, checkpoint_every, checkpoint_path,
-                                   dict(family="mckean_vlasov"), (("sde", "mckean_vlasov"),), mesh=mesh)
+                                   dict(family="mckean_vlasov"), Run(family="mckean_vlasov"), mesh=mesh)
 
 
-@renamed(n_particles="num_particles", n_inner="num_inner")
 def schrodinger_bridge(fe: FreeEnergy, fixed_point_or_output, key: PRNGKeyArray, num_particles: int, *,
                        dt0: float = 0.01, num_inner: int = 32, estimator: str = "mis", samples: Array | None = None,
                        log_normalizer: float | None = None, ts: Array | None = None,
@@ -382,7 +381,6 @@ def schrodinger_bridge(fe: FreeEnergy, fixed_point_or_output, key: PRNGKeyArray,
         >>> br.particles.shape                                 # W_1 ~ rho*
         (64, 2)
     """
-    from ..fixed_point import FixedPoint, gibbs_log_normalizer, sample_gibbs
 
     _check_fe(fe)
     if estimator not in ESTIMATORS:
@@ -430,7 +428,8 @@ def schrodinger_bridge(fe: FreeEnergy, fixed_point_or_output, key: PRNGKeyArray,
         fingerprint.update(output_sha256=array_digest(output), pool_sha256=array_digest(pool))
     return _solve_on_unit_interval(fe, lambda noise: _BridgeSDE(drift, noise, int(num_ess)), key, num_particles, dt0, ts, solver, progress, mean, var, time_grid,
                                    checkpoint_every, checkpoint_path, fingerprint,
-                                   (("sde", "schrodinger_bridge"), ("estimator", estimator),
-                                    ("num_inner", int(num_inner)), ("log_normalizer", log_z_value)),
+                                   Run(family="schrodinger_bridge",
+                                       options=(("estimator", estimator), ("num_inner", int(num_inner)),
+                                                ("log_normalizer", log_z_value))),
                                    inner_bytes=lambda n: _inner_block_bytes(fe, min(n, int(particle_chunk)) * num_inner),
                                    mesh=mesh)

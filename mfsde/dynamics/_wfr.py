@@ -34,7 +34,7 @@ from jax.sharding import Mesh
 from jaxtyping import Array, Float, PRNGKeyArray
 
 from .._blocks import row_blocks, unblock
-from .._checks import finite, positive_number
+from .._checks import particle_array, finite, positive_number
 from .._keys import as_keys
 from .._memory import particle_run_bytes
 from ..diagnostics._divergence import kl_to_prior
@@ -47,6 +47,7 @@ from ._core import ParticleSDE, Trajectory, drive, save_times
 from ._diagnostic_saves import at_diagnostic_saves, diagnostic_gate, diagnostic_policy
 from ._langevin import stein_residual_at_step
 from ._stability import step_stability_hint
+from .._trajectory import Run
 
 __all__ = ["wfr", "birth_death_events", "WFRStep", "WFRObservables", "Penalty", "kde_logdensity", "silverman_bandwidth"]
 
@@ -406,9 +407,9 @@ def wfr(fe: FreeEnergy, key: PRNGKeyArray, particles0, *, t1: float, dt0: float,
     if batched and jnp.ndim(theta0) == 3:
         if theta0.shape[0] != key.shape[0]:
             raise ValueError(f"particles0 has {theta0.shape[0]} replicates for {key.shape[0]} keys")
-        fe._check_particles(theta0[0])
+        particle_array("particles0", theta0[0], fe.dim)
     else:
-        fe._check_particles(theta0)
+        particle_array("particles0", theta0, fe.dim)
     finite("particles0", theta0)
     dtype = fe.x.dtype
     step = WFRStep(fe, jnp.asarray(float(dt0), dtype), jnp.asarray(alpha, dtype), birth_death,
@@ -424,8 +425,9 @@ def wfr(fe: FreeEnergy, key: PRNGKeyArray, particles0, *, t1: float, dt0: float,
     traj = drive(sde, key, y0, t0=float(t0), t1=float(t1), dt0=float(dt0), observables=obs,
                  ts=ts, progress=progress, checkpoint_every=checkpoint_every, checkpoint_path=checkpoint_path,
                  sharding=run_sharding(mesh, theta0),
-                 info=(("family", "wfr"), ("diagnostics_every", every), ("alpha", alpha), ("birth_death", str(birth_death)),
-                       ("bandwidth", "silverman" if bandwidth is None else bandwidth)),
+                 run=Run(family="wfr", diagnostics_every=every,
+                         options=(("alpha", alpha), ("birth_death", str(birth_death)),
+                                  ("bandwidth", "silverman" if bandwidth is None else bandwidth))),
                  stability_hint=lambda last: step_stability_hint(
                      fe, (("at the last finite state", None if last is None else _last_measure(last, fe.dim, birth_death)),
                           ("at the start", jnp.reshape(theta0, (-1, n, fe.dim))[0])), float(dt0)),

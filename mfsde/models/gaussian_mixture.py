@@ -49,6 +49,8 @@ from scipy.special import betainc as scipy_betainc
 from scipy.special import betaln, roots_jacobi
 from scipy.stats import chi2
 
+import mfsde
+
 DEFAULTS = dict(dim=40, delta=0.8, num_particles=800, init_scale=0.8, num_nodes=128, num_radii=64)
 
 
@@ -314,8 +316,6 @@ def reduced_problem(delta=DEFAULTS["delta"], activation=truncated_relu, beta: fl
     """``mfsde.FreeEnergy`` of the isotropic reduction on r (risk, Ψ, ∇Ψ): d = ∞ by default,
     the exact finite-d reduction with ``dim=d`` (its noisy dynamics at finite β carry the
     Itô drift (d − 1)/(βr) through the ``SignedChi`` prior)."""
-    import mfsde
-
     if dim is None and beta != float("inf"):
         raise ValueError("the d = ∞ reduction is noiseless (beta = inf): at finite beta the radial law of an "
                          "isotropic d-dimensional diffusion concentrates as d grows; give dim=d")
@@ -345,8 +345,6 @@ def anisotropic_reduced_data(delta=DEFAULTS["delta"]):
 def anisotropic_reduced_problem(delta=DEFAULTS["delta"], s0_fraction: float = 0.5, activation=truncated_relu,
                                 num_nodes: int = DEFAULTS["num_nodes"], init_scale: float = DEFAULTS["init_scale"]):
     """``mfsde.FreeEnergy`` of the anisotropic d → ∞ reduction on (r₁, r₂), β = ∞."""
-    import mfsde
-
     x, y = anisotropic_reduced_data(delta)
     return mfsde.FreeEnergy(make_anisotropic_reduced_unit(activation, num_nodes, init_scale, s0_fraction), x, y,
                             float("inf"))

@@ -7,10 +7,11 @@ mean solves dm/dt = −(Σ̂m − ĉ) − m/(βs²) = −A(m − m*).
 """
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import numpyro
 import numpyro.distributions as dist
+
+import mfsde
 
 DEFAULTS = dict(num_data=200, dim=3, prior_scale=1.0, beta=4.0, noise=0.1)
 
@@ -42,8 +43,6 @@ def free_energy(key=None, num_data: int = DEFAULTS["num_data"], dim: int = DEFAU
                 noise: float = DEFAULTS["noise"]):
     """``mfsde.FreeEnergy`` of ``make_unit(prior_scale)`` on ``make_data(key, ...)`` (key 0 by
     default): the small problem with a closed-form fixed point that the docs' examples use."""
-    import mfsde
-
     x, y = make_data(jax.random.key(0) if key is None else key, num_data, dim, noise)
     return mfsde.FreeEnergy(unit if prior_scale == DEFAULTS["prior_scale"] else make_unit(prior_scale), x, y, beta)
 

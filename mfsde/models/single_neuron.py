@@ -12,6 +12,8 @@ import numpy as np
 import numpyro
 import numpyro.distributions as dist
 
+import mfsde
+
 # Demo settings (`make demo`, numbers in bench/README.md). The slowest observables are the
 # output weights' moments: Ψ is linear in a, so they relax at about the prior's rate
 # 1/(β s_a²); the spread of a has an integrated autocorrelation time ≈ 275, and t1 = 2400
@@ -78,8 +80,6 @@ def compare_scalings(key, x, y, x_test, y_test, width: int, scaling: str, num_st
     """Train N = ``width`` units by full-batch gradient descent (``mfsde.sgd``, no noise, no
     prior drift) in the mean-field (α = 1) or lazy (α = √N, step / N so the function moves
     at a comparable rate) scaling from the prior; return (train risk, test risk)."""
-    import mfsde
-
     alpha = 1.0 if scaling == "mean_field" else float(np.sqrt(width))
     fe = mfsde.FreeEnergy(make_unit(activation=activation, output_scale=alpha), x, y, float("inf"))
     k0, k1 = jax.random.split(key)
@@ -130,8 +130,6 @@ def reduced_data(num_nodes: int = 512, activation=jnp.tanh):
 
 def reduced_problem(activation=jnp.tanh, num_nodes: int = 512, inner_nodes: int = 20):
     """``mfsde.FreeEnergy`` (β = ∞) of the (a, s, r) reduction of the planted neuron."""
-    import mfsde
-
     g, y = reduced_data(num_nodes, activation)
     return mfsde.FreeEnergy(make_reduced_unit(activation, inner_nodes), g, y, float("inf"))
 
