@@ -26,9 +26,9 @@ from .particles import Particles, as_measure, weighted_mean
 __all__ = ["FreeEnergy"]
 
 # "auto" chunking: (N, chunk) intermediates of about this many elements. On CPU they stay
-# in cache (measured optimum 2^19..2^21 at N = 1k..16k, bench/README.md). On accelerators
-# a sequential scan over chunks only costs (2x at N = P = 32768 on an H100), so chunks are
-# as large as the device memory allows, counting 24 bytes an element (a float32 step keeps
+# in cache (the optimum measured in bench/README.md). On accelerators a sequential scan
+# over chunks is slower than one large chunk (bench/README.md), so chunks are as large as
+# the device memory allows, counting 24 bytes an element (a float32 step keeps
 # about four (N, chunk) arrays alive).
 _AUTO_CHUNK_ELEMENTS_CPU = 1 << 20
 _AUTO_CHUNK_ELEMENTS_ACCEL_DEFAULT = 1 << 28

@@ -29,9 +29,9 @@ __all__ = ["DIAGNOSTICS_BUDGET", "diagnostics_every", "diagnostic_save_indices",
            "at_diagnostic_saves"]
 
 DIAGNOSTICS_BUDGET = 0.1
-# Drift evaluations' worth of time per diagnostic save besides the k-NN search: the Stein
-# residual's forward-over-reverse pass measured 2 to 11 steps (small N pays fixed costs,
-# bench/README.md); 20, so that the budget holds at every size measured.
+# Drift evaluations' worth of time per diagnostic save besides the k-NN search: an upper
+# bound on the Stein residual's forward-over-reverse pass over the sizes measured in
+# bench/README.md (small N pays fixed costs), so that the budget holds at every one.
 _SAVE_DRIFTS = 20.0
 # The k-NN KL (k = 1) needs a neighbour.
 _MIN_PARTICLES = 2

@@ -75,7 +75,7 @@ class ParticleObservables(eqx.Module):
 
     def _diagnostics(self, t, particles, risk):
         # The barrier keeps XLA from hoisting the Stein residual's work out of the save's
-        # lax.cond into every step (measured: +15% a step at N = P = 1024 without it).
+        # lax.cond into every step (bench/README.md has the cost without it).
         particles, risk = jax.lax.optimization_barrier((particles, risk))
         out = {}
         if self.fe.finite_beta:
