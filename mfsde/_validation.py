@@ -52,7 +52,8 @@ from .particle_posterior import stein_residual
 from .particles import Particles
 
 __all__ = ["SelfConsistency", "self_consistency", "SteinTest", "stein_test", "FixedPointCheck", "check_fixed_point",
-           "CurvatureDefect", "curvature_defect", "CAUSES", "MAX_COORDINATES", "NUM_PROJECTIONS"]
+           "CurvatureDefect", "curvature_defect", "CAUSES", "MAX_COORDINATES", "NUM_PROJECTIONS", "DT_SHRINK",
+           "DT_CONTRADICTS", "DT_KEEPS"]
 
 # Every coordinate is a test function up to this D; above it, NUM_PROJECTIONS random ones.
 MAX_COORDINATES = 32
@@ -65,11 +66,11 @@ _WEIGHT_BLOCK = 512
 CAUSES = ("passes", "finite-N", "not stationary", "time-step bias", "unexplained")
 # A snapshot failure is put down to the time step when halving dt0 shrinks the worst |z| by
 # this factor; a Stein failure is, unless after halving dt0 the temperature excess stays above
-# _DT_KEEPS of itself by more than _DT_CONTRADICTS s.e. (a time-step bias of any order >= 1
-# at least halves; 0.8 leaves room for steps outside the asymptotic regime).
-_DT_SHRINK = 1.5
-_DT_CONTRADICTS = 2.0
-_DT_KEEPS = 0.8
+# DT_KEEPS of itself by more than DT_CONTRADICTS s.e. (a time-step bias of any order >= 1
+# at least halves; DT_KEEPS < 1 leaves room for steps outside the asymptotic regime).
+DT_SHRINK = 1.5
+DT_CONTRADICTS = 2.0
+DT_KEEPS = 0.8
 # Central-difference step of the smoothness probe, relative to the particles' rms size.
 _KINK_STEP = 1e-2
 # The probe voids the Stein test when the curvature autodiff misses is this share of it.
@@ -482,10 +483,11 @@ def check_fixed_point(fe: FreeEnergy, key: PRNGKeyArray, particles, *, num_chain
     - "time-step bias": the run is stationary but its Stein residual is not zero (only the
       invariant law of the discretised dynamics, not a transient, can do that), unless
       continuing it for ``diagnose_time`` (default half its length) at dt0/2 leaves the
-      temperature excess above 0.8 of itself by > 2 s.e. (a time-step bias of order >= 1
-      at least halves); or its snapshot fails and that continuation shrinks the worst
-      |z| by ≥ 1.5x. The reason gives the temperature excess at dt0 and dt0/2, their
-      ratio (2 for order 1, 4 for order 2) and dt0 · λ_max (``max_curvature``);
+      temperature excess above ``DT_KEEPS`` of itself by more than ``DT_CONTRADICTS``
+      s.e. (a time-step bias of order >= 1 at least halves); or its snapshot fails and
+      that continuation shrinks the worst |z| by a factor ``DT_SHRINK`` (the constants
+      of ``mfsde._validation``). The reason gives the temperature excess at dt0 and
+      dt0/2, their ratio (2 for order 1, 4 for order 2) and dt0 · λ_max (``max_curvature``);
     The Stein test needs a C² potential: a trajectory's final particles are first probed by
     ``curvature_defect``, and when Ψ is kinked along them (ReLU-type units) the temperature
     test is dropped and the verdict rests on the snapshot (the reason says so).
@@ -603,12 +605,12 @@ def check_fixed_point(fe: FreeEnergy, key: PRNGKeyArray, particles, *, num_chain
         se_diff = math.hypot(stein.se, half.se)
         drop = (stein.mean - half.mean) / se_diff if se_diff > 0 else 0.0
         ratio = stein.mean / half.mean if half.mean != 0 else float("inf")
-        se_keep = math.hypot(_DT_KEEPS * stein.se, half.se)
-        kept = (math.copysign(half.mean, stein.mean) - _DT_KEEPS * abs(stein.mean)) / se_keep if se_keep > 0 else 0.0
+        se_keep = math.hypot(DT_KEEPS * stein.se, half.se)
+        kept = (math.copysign(half.mean, stein.mean) - DT_KEEPS * abs(stein.mean)) / se_keep if se_keep > 0 else 0.0
         detail = (f"the temperature excess {stein.temperature - 1:+.3g} (z = {stein.z:+.2f}) at dt0 = {dt0:.3g} is "
                   f"{half.temperature - 1:+.3g} (z = {half.z:+.2f}) after continuing for {span:.4g} at dt0/2: "
                   f"ratio {ratio:.3g}, drop {drop:+.2f} s.e. (order 1: ratio 2, order 2: ratio 4); {stiffness}")
-        if kept > _DT_CONTRADICTS:
+        if kept > DT_CONTRADICTS:
             return FixedPointCheck(False, "unexplained", f"{failed}; the run is stationary, but halving dt0 does not "
                                    f"reduce the bias ({detail}; a time-step bias of order >= 1 would at least "
                                    f"halve): not the time step (a wrong drift, or a potential that is not C^2)",
@@ -620,7 +622,7 @@ def check_fixed_point(fe: FreeEnergy, key: PRNGKeyArray, particles, *, num_chain
     half, _ = snapshot(half_particles, jax.random.fold_in(k_mcmc, 1))
     j = int(np.argmax(np.abs(test.z)))
     z0, z1 = float(test.z[j]), float(half.z[j])
-    if half.statistic <= z_crit or abs(z1) * _DT_SHRINK <= abs(z0):
+    if half.statistic <= z_crit or abs(z1) * DT_SHRINK <= abs(z0):
         return FixedPointCheck(False, "time-step bias", f"FAIL (time-step bias): {stats}; continued for {span:.4g} at "
                                f"dt0/2 = {0.5 * dt0:.3g}, {test.components[j]} goes from z = {z0:+.2f} to {z1:+.2f} "
                                f"(max |z| {half.statistic:.2f}); {stiffness}", test, stein, conv, half, draws, defect)
