@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import math
 import statistics
+from typing import NamedTuple
 
 import equinox as eqx
 import jax
@@ -45,7 +46,7 @@ from ._keys import single_key
 from .diagnostics import convergence, to_inference_data
 from .diagnostics._arviz import check_tree, result_tree
 from .diagnostics._convergence import _ess, _uniform_saves, diagnostic_series
-from .dynamics import Trajectory, max_curvature
+from .dynamics import Run, Trajectory, max_curvature
 from .fixed_point import sample_gibbs
 from .free_energy import FreeEnergy
 from .particle_posterior import stein_residual
@@ -537,18 +538,60 @@ def check_fixed_point(fe: FreeEnergy, key: PRNGKeyArray, particles, *, num_chain
         draws = _draws_for(fe, k, th, num_chains, num_warmup, num_samples, kernel)
         return self_consistency(fe, th, draws, key=k_test, num_output_components=num_output_components), draws
 
-    test, draws = snapshot(theta, k_mcmc)
+    ev = _evidence(fe, traj, theta, level, *snapshot(theta, k_mcmc), k_test)
+    run = traj.run if traj is not None else None
+    half = continued = None
+    if _needs_continuation(ev, run, diagnose):
+        span = diagnose_time if diagnose_time is not None else 0.5 * (run.t1 - run.t0)
+        final = jnp.asarray(state)
+        keys = jax.random.split(k_half, final.shape[0]) if batched else k_half
+        cont = run.continuation(fe, keys, final, run.t1, run.t1 + span, 0.5 * run.dt0)
+        if not ev.stein_ok:
+            half = stein_test(cont)
+        else:
+            half = snapshot(cont.particles[replicate] if batched else cont.particles, jax.random.fold_in(k_mcmc, 1))[0]
+        continued = _Continued(half, span, run.dt0, float(max_curvature(fe, theta)))
+    passed, cause, reason = _verdict(ev, run, traj is not None, continued, float(fe.beta))
+    return FixedPointCheck(passed, cause, reason, ev.test, ev.stein, ev.convergence, half, ev.draws, ev.defect)
+
+
+class _Evidence(NamedTuple):
+    """What check_fixed_point's tests found, before any continuation: the snapshot test
+    and its draws, the Stein test (None when absent or dropped for a kinked Ψ), the
+    curvature probe, the run's convergence, the Bonferroni limit and the statistics' text."""
+
+    test: SelfConsistency
+    draws: Array
+    stein: SteinTest | None
+    defect: CurvatureDefect | None
+    convergence: object
+    z_crit: float
+    snap_ok: bool
+    stein_ok: bool
+    num_particles: int
+    stats: str
+
+
+class _Continued(NamedTuple):
+    """The run continued at dt0/2 for ``span``: its ``SteinTest`` (when the Stein test
+    failed) or snapshot ``SelfConsistency``, and the drift's largest curvature."""
+
+    half: object
+    span: float
+    dt0: float
+    curvature: float
+
+
+def _evidence(fe: FreeEnergy, traj, theta, level: float, test: SelfConsistency, draws, k_test) -> _Evidence:
+    """The statistics: the snapshot, the Stein test (dropped when ``curvature_defect`` finds Ψ
+    kinked), Bonferroni over both at ``level``, the run's convergence, and their text."""
     stein = stein_test(traj) if traj is not None else None
     defect = None
     if stein is not None:
         defect = curvature_defect(fe, theta, jax.random.fold_in(k_test, 1))
         if defect.kinked(float(_normal_isf(0.5 * level / (test.dof + 1)))):
             stein = None
-    tests = test.dof + (stein is not None)
-    z_crit = float(_normal_isf(0.5 * level / tests))
-    snap_ok = test.statistic <= z_crit
-    stein_ok = stein is None or abs(stein.z) <= z_crit
-    n = theta.shape[0]
+    z_crit = float(_normal_isf(0.5 * level / (test.dof + (stein is not None))))
     snap = (f"snapshot max |z| {test.statistic:.2f} over {test.dof} test functions ({_worst(test)})")
     temp = "" if stein is None else (f"; configurational temperature along the data directions "
                                      f"{stein.temperature:.4f} (Stein residual z = {stein.z:+.2f}; an excess of "
@@ -566,42 +609,49 @@ def check_fixed_point(fe: FreeEnergy, key: PRNGKeyArray, particles, *, num_chain
         temp = (f"; no configurational-temperature (time-step) test: the run saved too few Stein residuals{why}; "
                 f"run langevin with diagnostics=True for it")
     limit = f"; Bonferroni limit |z| <= {z_crit:.2f} at level {level:g}"
-    stats = snap + temp + limit
     conv = convergence(to_inference_data(traj, fe)) if traj is not None else None
+    return _Evidence(test, draws, stein, defect, conv, z_crit, test.statistic <= z_crit,
+                     stein is None or abs(stein.z) <= z_crit, int(theta.shape[0]), snap + temp + limit)
+
+
+def _needs_continuation(ev: _Evidence, run: Run | None, diagnose: bool) -> bool:
+    """Whether the verdict rests on continuing the run at dt0/2: a stationary run that failed,
+    whose family offers a continuation."""
+    stationary = ev.convergence is None or ev.convergence.converged
+    return (stationary and not (ev.snap_ok and ev.stein_ok) and diagnose and run is not None
+            and run.continuation is not None)
+
+
+def _verdict(ev: _Evidence, run: Run | None, from_trajectory: bool, continued: _Continued | None,
+             beta: float) -> tuple[bool, str, str]:
+    """(passed, cause, reason): the verdict's words from the evidence and, when it ran, the
+    continuation at dt0/2 (thresholds DT_KEEPS, DT_CONTRADICTS, DT_SHRINK)."""
+    test, stein, stats, n, z_crit = ev.test, ev.stein, ev.stats, ev.num_particles, ev.z_crit
+    conv = ev.convergence
     if conv is not None and not conv.converged:
-        return FixedPointCheck(False, "not stationary", f"FAIL (not stationary yet): {conv.reason}. Final particles: "
-                               f"{stats}", test, stein, conv, None, draws, defect)
-    if snap_ok and stein_ok:
+        return False, "not stationary", f"FAIL (not stationary yet): {conv.reason}. Final particles: {stats}"
+    if ev.snap_ok and ev.stein_ok:
         if test.mean_field_statistic <= z_crit:
-            return FixedPointCheck(True, "passes", f"PASS: consistent with the N = {n} stationary law ({stats}); "
-                                   f"the mean-field residual is within noise too (max |z| "
-                                   f"{test.mean_field_statistic:.2f})", test, stein, conv, None, draws, defect)
-        return FixedPointCheck(True, "finite-N", f"PASS (finite-N): consistent with the N = {n} stationary law "
-                               f"({stats}), but not with the mean-field fixed point itself: the plain residual "
-                               f"against G[f_N] reaches max |z| {test.mean_field_statistic:.2f} "
-                               f"({_worst(test, True)}), the O(beta/N) self-interaction term (beta/N = "
-                               f"{fe.beta / n:.3g}); more particles shrink it", test, stein, conv, None, draws, defect)
-    failed = (f"FAIL: not consistent with the N = {n} stationary law ({stats})")
-    run = traj.run if traj is not None else None
-    can_halve = diagnose and run is not None and run.continuation is not None
-    if run is not None and not stein_ok and not can_halve:
-        step = f"step {run.option('step_size'):.3g}" if run.option("step_size") is not None else f"dt0 = {run.dt0:.3g}"
-        return FixedPointCheck(False, "time-step bias", f"FAIL (time-step bias): {stats}; the run is stationary, "
-                               f"and its configurational temperature is not 1: the invariant law of the "
-                               f"discrete chain ({step}) is biased", test, stein, conv, None, draws, defect)
-    if not can_halve:
-        hint = ("pass the Trajectory to check_fixed_point to diagnose the cause" if traj is None
+            return True, "passes", (f"PASS: consistent with the N = {n} stationary law ({stats}); the mean-field "
+                                    f"residual is within noise too (max |z| {test.mean_field_statistic:.2f})")
+        return True, "finite-N", (f"PASS (finite-N): consistent with the N = {n} stationary law ({stats}), but not "
+                                  f"with the mean-field fixed point itself: the plain residual against G[f_N] reaches "
+                                  f"max |z| {test.mean_field_statistic:.2f} ({_worst(test, True)}), the O(beta/N) "
+                                  f"self-interaction term (beta/N = {beta / n:.3g}); more particles shrink it")
+    failed = f"FAIL: not consistent with the N = {n} stationary law ({stats})"
+    if continued is None:
+        if run is not None and not ev.stein_ok:
+            step = (f"step {run.option('step_size'):.3g}" if run.option("step_size") is not None
+                    else f"dt0 = {run.dt0:.3g}")
+            return False, "time-step bias", (f"FAIL (time-step bias): {stats}; the run is stationary, and its "
+                                             f"configurational temperature is not 1: the invariant law of the "
+                                             f"discrete chain ({step}) is biased")
+        hint = ("pass the Trajectory to check_fixed_point to diagnose the cause" if not from_trajectory
                 else f"the run looks stationary; its family ({run.family or 'drive'}) offers no run to continue at dt0/2")
-        return FixedPointCheck(False, "unexplained", f"{failed}; {hint}", test, stein, conv, None, draws, defect)
-    dt0, t0, t1 = run.dt0, run.t0, run.t1
-    curvature = float(max_curvature(fe, theta))
+        return False, "unexplained", f"{failed}; {hint}"
+    half, span, dt0, curvature = continued
     stiffness = f"dt0 * lambda_max = {dt0 * curvature:.3g} (largest drift curvature {curvature:.3g})"
-    span = diagnose_time if diagnose_time is not None else 0.5 * (t1 - t0)
-    final = jnp.asarray(state)
-    keys = jax.random.split(k_half, final.shape[0]) if batched else k_half
-    cont = run.continuation(fe, keys, final, t1, t1 + span, 0.5 * dt0)
-    if not stein_ok:
-        half = stein_test(cont)
+    if not ev.stein_ok:
         se_diff = math.hypot(stein.se, half.se)
         drop = (stein.mean - half.mean) / se_diff if se_diff > 0 else 0.0
         ratio = stein.mean / half.mean if half.mean != 0 else float("inf")
@@ -611,24 +661,19 @@ def check_fixed_point(fe: FreeEnergy, key: PRNGKeyArray, particles, *, num_chain
                   f"{half.temperature - 1:+.3g} (z = {half.z:+.2f}) after continuing for {span:.4g} at dt0/2: "
                   f"ratio {ratio:.3g}, drop {drop:+.2f} s.e. (order 1: ratio 2, order 2: ratio 4); {stiffness}")
         if kept > DT_CONTRADICTS:
-            return FixedPointCheck(False, "unexplained", f"{failed}; the run is stationary, but halving dt0 does not "
-                                   f"reduce the bias ({detail}; a time-step bias of order >= 1 would at least "
-                                   f"halve): not the time step (a wrong drift, or a potential that is not C^2)",
-                                   test, stein, conv, half, draws, defect)
-        return FixedPointCheck(False, "time-step bias", f"FAIL (time-step bias): {stats}; a stationary run whose "
-                               f"configurational temperature is not 1 has a biased invariant law; {detail}", test,
-                               stein, conv, half, draws, defect)
-    half_particles = cont.particles[replicate] if batched else cont.particles
-    half, _ = snapshot(half_particles, jax.random.fold_in(k_mcmc, 1))
+            return False, "unexplained", (f"{failed}; the run is stationary, but halving dt0 does not reduce the bias "
+                                          f"({detail}; a time-step bias of order >= 1 would at least halve): not the "
+                                          f"time step (a wrong drift, or a potential that is not C^2)")
+        return False, "time-step bias", (f"FAIL (time-step bias): {stats}; a stationary run whose configurational "
+                                         f"temperature is not 1 has a biased invariant law; {detail}")
     j = int(np.argmax(np.abs(test.z)))
     z0, z1 = float(test.z[j]), float(half.z[j])
     if half.statistic <= z_crit or abs(z1) * DT_SHRINK <= abs(z0):
-        return FixedPointCheck(False, "time-step bias", f"FAIL (time-step bias): {stats}; continued for {span:.4g} at "
-                               f"dt0/2 = {0.5 * dt0:.3g}, {test.components[j]} goes from z = {z0:+.2f} to {z1:+.2f} "
-                               f"(max |z| {half.statistic:.2f}); {stiffness}", test, stein, conv, half, draws, defect)
-    return FixedPointCheck(False, "unexplained", f"{failed}; the run is stationary and halving dt0 does not shrink the "
-                           f"residual ({test.components[j]}: z = {z0:+.2f} -> {z1:+.2f})", test, stein, conv, half,
-                           draws, defect)
+        return False, "time-step bias", (f"FAIL (time-step bias): {stats}; continued for {span:.4g} at dt0/2 = "
+                                         f"{0.5 * dt0:.3g}, {test.components[j]} goes from z = {z0:+.2f} to {z1:+.2f} "
+                                         f"(max |z| {half.statistic:.2f}); {stiffness}")
+    return False, "unexplained", (f"{failed}; the run is stationary and halving dt0 does not shrink the residual "
+                                  f"({test.components[j]}: z = {z0:+.2f} -> {z1:+.2f})")
 
 
 def _normal_isf(p: float) -> float:
