@@ -65,8 +65,6 @@ def enable_compilation_cache(path: str | os.PathLike | None = None) -> pathlib.P
     return folder
 
 
-
-
 class new_programs:
     """Context: the names of the programs JAX lowers inside it (a list, filled as it runs).
 

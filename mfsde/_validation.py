@@ -402,11 +402,6 @@ def _worst(test: SelfConsistency, mean_field: bool = False) -> str:
     return f"{test.components[j]}: z = {z[j]:+.2f}"
 
 
-def _diagnostics_every(traj) -> int:
-    """k of ``diagnostic_policy``: in-run diagnostics at every k-th save, 0 at none."""
-    return traj.run.diagnostics_every
-
-
 def stein_test(traj, burn_in: float = 0.5) -> SteinTest | None:
     """``SteinTest`` of a trajectory that saved ``stein_residual`` (langevin's diagnostics).
 
@@ -437,7 +432,7 @@ def stein_test(traj, burn_in: float = 0.5) -> SteinTest | None:
     res = np.asarray(obs["stein_residual"], np.float64)
     curv = np.asarray(obs["stein_curvature"], np.float64)
     res, curv = (a[None] if a.ndim == 1 else a for a in (res, curv))
-    every = _diagnostics_every(traj)
+    every = traj.run.diagnostics_every
     (res, _), (curv, ts) = diagnostic_series(res, ts, every), diagnostic_series(curv, ts, every)
     keep = _uniform_saves(ts, traj.run.dt0 if math.isfinite(traj.run.dt0) else 0.0)
     ts, res, curv = ts[keep], res[:, keep], curv[:, keep]
@@ -602,7 +597,7 @@ def _evidence(fe: FreeEnergy, traj, theta, level: float, test: SelfConsistency, 
                 f"curvature more, z = {defect.z:+.1f}: a kinked unit), so the Stein identity behind it does not hold; "
                 f"the verdict rests on the snapshot")
     elif traj is not None and stein is None:
-        k = _diagnostics_every(traj)
+        k = traj.run.diagnostics_every
         why = ("" if k == 1 else (" (it computed no in-run diagnostics: diagnostics=False, or too short a run for the "
                                                  "default budget)") if k == 0
                else f" (the default diagnostics budget computed them at every {k}-th save)")

@@ -321,7 +321,7 @@ def drive(sde, key, y0: Float[Array, "n d"], *, t0: float, t1: float, dt0: float
           checkpoint_path=None, fingerprint: dict | None = None, run: Run = Run(),
           stability_hint: Callable[[Array | None], str] | None = None,
           state_columns: tuple[tuple[str, int], ...] | None = None,
-          memory: tuple[str, Callable[[int, int], int]] | None = None,
+          memory: Callable[[int, int], int] | None = None,
           sharding: NamedSharding | None = None) -> Trajectory:
     """Run one dynamics family: the driver that owns keys, replicates, checkpoints, saving
     and the ``Trajectory``.
@@ -351,7 +351,7 @@ def drive(sde, key, y0: Float[Array, "n d"], *, t0: float, t1: float, dt0: float
             steps), e.g. dt0 against the drift's largest curvature, for the divergence message.
         state_columns: ((name, width), ...) naming the state's column groups (e.g. theta
             and a control cost), for the divergence message; default one group, "theta".
-        memory: (the family's name, ``bytes(N, R)``): the run's memory from its shapes
+        memory: ``bytes(N, R)``, the run's memory from its shapes
             (``mfsde._memory.particle_run_bytes``), checked against the device's before any
             work (``check_run_fits``: ``MemoryError`` naming the largest N and R that fit).
         sharding: the per-run (N, ·) state's ``NamedSharding`` with the particle axis split
@@ -402,7 +402,7 @@ def _drive(sde_of, key, y0, *, t0, t1, dt0, solver, observables, ts, stepsize_co
     if batched and y0.ndim == 3 and y0.shape[0] != key.shape[0]:
         raise ValueError(f"the start has {y0.shape[0]} replicates for {key.shape[0]} keys")
     if memory is not None:
-        check_run_fits(memory[0], memory[1], y0.shape[-2], key.shape[0] if batched else 1)
+        check_run_fits(run.family or "drive", memory, y0.shape[-2], key.shape[0] if batched else 1)
     probe = sde_of(key[0] if batched else key)[0]
     jumps = probe.jump is not None or probe.drift is None
     if key is None:

@@ -251,6 +251,6 @@ def langevin(
                  stability_hint=lambda last: step_stability_hint(
                      fe, (("at the last finite state", last), ("at the start", particles0.reshape(-1, n, fe.dim)[0])),
                      float(dt0)),
-                 memory=("langevin", particle_run_bytes(fe, fe.dim)), sharding=run_sharding(mesh, particles0),
+                 memory=particle_run_bytes(fe, fe.dim), sharding=run_sharding(mesh, particles0),
                  fingerprint=dict(data_fingerprint(fe), family="langevin",
                                   schedule=getattr(schedule, "__qualname__", repr(schedule))))

@@ -198,8 +198,8 @@ def sgd(fe: FreeEnergy, key: PRNGKeyArray, particles0: Float[Array, "n d"], *, n
                  stability_hint=lambda last: step_stability_hint(
                      fe, (("at the last finite state", last), ("at the start", particles0.reshape(-1, *particles0.shape[-2:])[0])),
                      float(step_size), "step_size"),
-                 memory=("sgd", particle_run_bytes(fe, fe.dim, None if batch_size is None else
-                                                   lambda n: 2 * n * int(batch_size) * fe.x.dtype.itemsize)),
+                 memory=particle_run_bytes(fe, fe.dim, None if batch_size is None else
+                                                   lambda n: 2 * n * int(batch_size) * fe.x.dtype.itemsize),
                  fingerprint=dict(data_fingerprint(fe), family="sgd", step_size=float(step_size),
                                   batch_size=batch_size, noise=noise, prior_drift=prior_drift,
                                   schedule=getattr(step.schedule, "__qualname__", repr(step.schedule))))

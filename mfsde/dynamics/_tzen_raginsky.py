@@ -268,7 +268,7 @@ def _solve_on_unit_interval(fe, family, key, num_particles, dt0, ts, solver, pro
                  checkpoint_every=checkpoint_every, checkpoint_path=checkpoint_path,
                  fingerprint=dict(data_fingerprint(fe), time_grid=grid, **fingerprint), run=run,
                  state_columns=(("theta", fe.dim), ("control cost", 1)),
-                 memory=(run.family, particle_run_bytes(fe, fe.dim + 1, inner_bytes)), sharding=run_sharding(mesh, y0))
+                 memory=particle_run_bytes(fe, fe.dim + 1, inner_bytes), sharding=run_sharding(mesh, y0))
     return traj._replace(particles=traj.particles[..., : fe.dim])
 
 

@@ -432,7 +432,7 @@ def wfr(fe: FreeEnergy, key: PRNGKeyArray, particles0, *, t1: float, dt0: float,
                      fe, (("at the last finite state", None if last is None else _last_measure(last, fe.dim, birth_death)),
                           ("at the start", jnp.reshape(theta0, (-1, n, fe.dim))[0])), float(dt0)),
                  state_columns=layout.columns(),
-                 memory=("wfr", particle_run_bytes(fe, layout.width)),
+                 memory=particle_run_bytes(fe, layout.width),
                  fingerprint=dict(data_fingerprint(fe), family="wfr", alpha=alpha, birth_death=str(birth_death),
                                   bandwidth=repr(bandwidth), penalty=repr(penalty)))
     traj = _weighted_trajectory(traj, layout, birth_death)
