@@ -11,7 +11,6 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float, PRNGKeyArray
 
-from .._checks import particle_array, finite
 from ..free_energy import FreeEnergy
 from ..particle_posterior import stein_residual
 from ..diagnostics._divergence import kl_to_prior, w2_to_prior_bound
@@ -19,11 +18,11 @@ from ..diagnostics._moments import LawMoments
 from ._checkpoint import data_fingerprint
 from ._core import ParticleSDE, Trajectory, drive, save_times
 from ._diagnostic_saves import at_diagnostic_saves, diagnostic_gate, diagnostic_policy
-from .._keys import as_keys
 from ._sharding import run_sharding
 from ._solver import LeimkuhlerMatthews
 from jax.sharding import Mesh
 from ._stability import step_stability_hint
+from ._starts import run_start
 from ._terms import LangevinDrift, LangevinNoise, unit_schedule
 from .._memory import particle_run_bytes
 from .._trajectory import Run
@@ -213,19 +212,7 @@ def langevin(
         >>> bool(traj.observables["risk"][-1] < traj.observables["risk"][0])
         True
     """
-    if not isinstance(fe, FreeEnergy):
-        raise TypeError(f"fe must be a mfsde.FreeEnergy, got {type(fe).__name__}")
-    key, batched = (None, False) if key is None else as_keys(key)
-    particles0 = jnp.asarray(particles0)
-    if batched and particles0.ndim == 3:
-        if particles0.shape[0] != key.shape[0]:
-            raise ValueError(f"particles0 has {particles0.shape[0]} replicates for {key.shape[0]} keys")
-        particle_array("particles0", particles0[0], fe.dim)
-    else:
-        particles0 = particle_array("particles0", particles0, fe.dim)
-    # Under an outer jit/vmap the values are not known here; they are checked when concrete.
-    finite("particles0", particles0)
-    particles0 = particles0.astype(fe.x.dtype)
+    key, batched, particles0 = run_start(fe, key, particles0, dtype=fe.x.dtype, key_optional=True)
     n = particles0.shape[-2]
     schedule = unit_schedule if schedule is None else schedule
     noise = None if not fe.finite_beta else LangevinNoise(fe.beta, schedule)

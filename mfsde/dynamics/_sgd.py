@@ -12,17 +12,17 @@ import numpy as np
 from jax.sharding import Mesh
 from jaxtyping import Array, Float, PRNGKeyArray
 
-from .._checks import particle_array, finite, positive_int, positive_number
+from .._checks import positive_int, positive_number
 from ..diagnostics._moments import LawMoments
 from ..free_energy import FreeEnergy
 from ._checkpoint import data_fingerprint
 from ._sharding import run_sharding
 from ._core import ParticleSDE, Trajectory, drive
-from .._keys import as_keys
 from ._langevin import stein_residual_at_step
 from ._terms import unit_schedule
 from .._trajectory import Run
 from ._stability import step_stability_hint
+from ._starts import run_start
 from .._memory import particle_run_bytes
 
 __all__ = ["sgd", "SGDStep", "SGDObservables"]
@@ -157,18 +157,7 @@ def sgd(fe: FreeEnergy, key: PRNGKeyArray, particles0: Float[Array, "n d"], *, n
         >>> traj.particles.shape
         (128, 2)
     """
-    if not isinstance(fe, FreeEnergy):
-        raise TypeError(f"fe must be a mfsde.FreeEnergy, got {type(fe).__name__}")
-    key, batched = as_keys(key)
-    particles0 = jnp.asarray(particles0)
-    if batched:
-        if particles0.ndim == 3 and particles0.shape[0] != key.shape[0]:
-            raise ValueError(f"particles0 has {particles0.shape[0]} replicates for {key.shape[0]} keys")
-        particle_array("particles0", particles0[0] if particles0.ndim == 3 else particles0, fe.dim)
-        particles0 = jnp.broadcast_to(particles0, (key.shape[0], *particles0.shape[-2:])).astype(fe.x.dtype)
-    else:
-        particles0 = particle_array("particles0", particles0, fe.dim).astype(fe.x.dtype)
-    finite("particles0", particles0)
+    key, batched, particles0 = run_start(fe, key, particles0, broadcast=True, dtype=fe.x.dtype)
     num_steps = positive_int("num_steps", num_steps)
     positive_number("step_size", step_size)
     if batch_size is not None and (int(batch_size) != batch_size or batch_size < 1):

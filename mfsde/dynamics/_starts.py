@@ -1,4 +1,5 @@
-"""Overdispersed starting clouds for replicate runs, so that R-hat across them has power."""
+"""A run's start: the families' one entry check, and overdispersed starting clouds for
+replicate runs, so that R-hat across them has power."""
 
 from __future__ import annotations
 
@@ -9,11 +10,41 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float, PRNGKeyArray
 
-from .._checks import positive_int
-from .._keys import single_key
+from .._checks import finite, particle_array, positive_int
+from .._keys import as_keys, single_key
 from ..free_energy import FreeEnergy
+from ..particles import Particles
 
-__all__ = ["overdispersed_starts"]
+__all__ = ["overdispersed_starts", "run_start"]
+
+def run_start(fe: FreeEnergy, key, particles0, *, broadcast: bool = False, dtype=None, key_optional: bool = False,
+              measures: bool = False):
+    """(keys, batched, Θ_0): every family's entry check of ``(fe, key, particles0)``.
+
+    ``key``: one key or R of them (``as_keys``; None allowed with ``key_optional``, an ODE).
+    ``particles0``: (N, D), or (R, N, D) with R keys (one start per replicate), or the θ
+    of a ``Particles`` where the family moves measures (``measures``); the argument is named in every error (shape, N = 0, non-finite).
+    ``broadcast``: R keys and an (N, D) start give (R, N, D) copies (the jump chains' state
+    is per replicate). ``dtype``: the start cast to it (None: kept)."""
+    if not isinstance(fe, FreeEnergy):
+        raise TypeError(f"fe must be a mfsde.FreeEnergy, got {type(fe).__name__}")
+    key, batched = (None, False) if key is None and key_optional else as_keys(key)
+    if isinstance(particles0, Particles) and not measures:
+        raise TypeError("particles0 must be an (N, D) array: this family moves equally weighted particles "
+                        "(a weighted start runs in mfsde.wfr; or Particles.resample)")
+    theta = jnp.asarray(particles0.theta if isinstance(particles0, Particles) else particles0)
+    if batched and theta.ndim == 3:
+        if theta.shape[0] != key.shape[0]:
+            raise ValueError(f"particles0 has {theta.shape[0]} replicates for {key.shape[0]} keys")
+        particle_array("particles0", theta[0], fe.dim)
+    else:
+        theta = particle_array("particles0", theta, fe.dim)
+    # Under an outer jit/vmap the values are not known here; they are checked when concrete.
+    finite("particles0", theta)
+    if broadcast and batched:
+        theta = jnp.broadcast_to(theta, (key.shape[0], *theta.shape[-2:]))
+    return key, batched, theta if dtype is None else theta.astype(dtype)
+
 
 # Prior draws used to locate the prior's centre when it is not Gaussian.
 _CENTRE_DRAWS = 4096

@@ -34,8 +34,7 @@ from jax.sharding import Mesh
 from jaxtyping import Array, Float, PRNGKeyArray
 
 from .._blocks import row_blocks, unblock
-from .._checks import particle_array, finite, positive_number
-from .._keys import as_keys
+from .._checks import positive_number
 from .._memory import particle_run_bytes
 from ..diagnostics._divergence import kl_to_prior
 from ..diagnostics._moments import LawMoments
@@ -47,6 +46,7 @@ from ._core import ParticleSDE, Trajectory, drive, save_times
 from ._diagnostic_saves import at_diagnostic_saves, diagnostic_gate, diagnostic_policy
 from ._langevin import stein_residual_at_step
 from ._stability import step_stability_hint
+from ._starts import run_start
 from .._trajectory import Run
 
 __all__ = ["wfr", "birth_death_events", "WFRStep", "WFRObservables", "Penalty", "kde_logdensity", "silverman_bandwidth"]
@@ -402,15 +402,7 @@ def wfr(fe: FreeEnergy, key: PRNGKeyArray, particles0, *, t1: float, dt0: float,
     if birth_death and isinstance(particles0, Particles) and particles0.log_weight is not None:
         raise ValueError("birth-death moves equally weighted particles; resample a weighted start first "
                          "(Particles.resample)")
-    key, batched = as_keys(key)
-    theta0 = particles0.theta if isinstance(particles0, Particles) else jnp.asarray(particles0)
-    if batched and jnp.ndim(theta0) == 3:
-        if theta0.shape[0] != key.shape[0]:
-            raise ValueError(f"particles0 has {theta0.shape[0]} replicates for {key.shape[0]} keys")
-        particle_array("particles0", theta0[0], fe.dim)
-    else:
-        particle_array("particles0", theta0, fe.dim)
-    finite("particles0", theta0)
+    key, batched, theta0 = run_start(fe, key, particles0, measures=True)
     dtype = fe.x.dtype
     step = WFRStep(fe, jnp.asarray(float(dt0), dtype), jnp.asarray(alpha, dtype), birth_death,
                    None if bandwidth is None else jnp.asarray(bandwidth, dtype), penalty, alpha > 0)
