@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import mfsde
-from mfsde.dynamics import BridgeDrift, LangevinDrift, gaussian_prior
+from mfsde.dynamics import BridgeDrift, ControlledState, LangevinDrift, gaussian_prior
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 neuron = mfsde.load_model(ROOT / "models" / "single_neuron.py")
@@ -40,7 +40,7 @@ def problem(n, p, d, n_inner):
     chunk = max(1, (1 << 14 if jax.default_backend() == "cpu" else 1 << 18) // n_inner)
     bridge = BridgeDrift(fe, output, pool, jnp.asarray(0.0), jnp.asarray(mean, x.dtype), jnp.asarray(var, x.dtype),
                          jax.random.key(3), n_inner // 4, n_inner // 4, chunk)
-    state = jnp.concatenate([particles, jnp.zeros((n, 1), x.dtype)], axis=1)
+    state = ControlledState(particles, jnp.zeros(n, x.dtype))
     return fe, bridge, particles, state
 
 
@@ -56,7 +56,7 @@ def timeit(fn, *args, repeats=3):
 
 def memory_child(n, p, d, n_inner):
     fe, bridge, particles, state = problem(n, p, d, n_inner)
-    step = jax.jit(lambda b, t, y: y + 0.01 * b(t, y))
+    step = jax.jit(lambda b, t, y: jax.tree.map(lambda a, da: a + 0.01 * da, y, b(t, y)))
     compiled = step.lower(bridge, 0.3, state).compile()
     ma = compiled.memory_analysis()
     t = time.perf_counter()

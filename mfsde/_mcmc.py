@@ -12,26 +12,64 @@ from collections.abc import Callable
 from typing import NamedTuple
 
 import blackjax
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float, PRNGKeyArray
 
-__all__ = ["KERNELS", "MALA_TARGET_ACCEPTANCE", "ChainDraws", "run_chain", "check_kernel"]
+__all__ = ["KERNELS", "MALA_TARGET_ACCEPTANCE", "SamplerStats", "ChainDraws", "MCMCDraws", "run_chain", "check_kernel"]
 
 KERNELS = ("nuts", "hmc", "mala")
 # MALA's step size is tuned during warmup by Robbins–Monro on log h towards this acceptance.
 MALA_TARGET_ACCEPTANCE = 0.574
 
 
-class ChainDraws(NamedTuple):
-    """Draws of one chain (or, vmapped, of several: a leading chain axis everywhere)."""
+class SamplerStats(NamedTuple):
+    """Per-draw statistics of a chain, shape (s,) (vmapped over chains: (c, s)): acceptance
+    probability, whether the trajectory diverged, the Hamiltonian's energy (NaN for MALA),
+    leapfrog steps taken (1 for MALA); and the adapted step size, shape () (or (c,))."""
 
-    position: Float[Array, "s d"]
     acceptance: Float[Array, " s"]
     diverging: Array
     energy: Float[Array, " s"]
     num_integration_steps: Array
     step_size: Float[Array, ""]
+
+
+class ChainDraws(NamedTuple):
+    """Draws of one chain (or, vmapped, of several: a leading chain axis everywhere)."""
+
+    position: Float[Array, "s d"]
+    stats: SamplerStats
+
+
+class MCMCDraws(eqx.Module):
+    """What every sampler's result holds: ``samples`` (chains, draws, ...) and their
+    ``stats`` (``SamplerStats``, (chains, draws) and (chains,)), whose fields read as the
+    result's own (``result.acceptance``...)."""
+
+    samples: Array
+    stats: SamplerStats
+
+    @property
+    def acceptance(self) -> Float[Array, "c s"]:
+        return self.stats.acceptance
+
+    @property
+    def diverging(self) -> Array:
+        return self.stats.diverging
+
+    @property
+    def energy(self) -> Float[Array, "c s"]:
+        return self.stats.energy
+
+    @property
+    def num_integration_steps(self) -> Array:
+        return self.stats.num_integration_steps
+
+    @property
+    def step_size(self) -> Float[Array, " c"]:
+        return self.stats.step_size
 
 
 def check_kernel(kernel: str) -> None:
@@ -80,4 +118,4 @@ def run_chain(logdensity: Callable, kernel: str, key: PRNGKeyArray, x0: Float[Ar
         return state, (state.position, acc.mean(), div.any(), energy[-1], steps.sum())
 
     _, (pos, acc, div, energy, steps) = jax.lax.scan(keep, state, jax.random.split(k_draw, num_samples))
-    return ChainDraws(pos, acc, div, energy, steps, jnp.asarray(h, x0.dtype))
+    return ChainDraws(pos, SamplerStats(acc, div, energy, steps, jnp.asarray(h, x0.dtype)))

@@ -27,7 +27,8 @@ class Run(eqx.Module):
     jump_every: steps between jumps (None without jumps). checkpoint_every: steps per
     checkpoint segment (None: not checkpointed). diagnostics_every: in-run diagnostics at
     every k-th save counted back from the last, 0 at none. options: the family's own
-    settings, (name, value) pairs (α, a step size, a batch size...). starts,
+    settings as its typed NamedTuple (``SGDOptions``, ``WFROptions``...; a new family
+    its own), None for none. starts,
     start_dispersion: how replicate runs started (``"shared"`` or ``"per-replicate"`` and
     ``start_dispersion``; None for one run). sharding, devices: the particle axis's
     partition. continuation: ``(fe, key, particles, t0, t1, dt0) -> Trajectory``, the same
@@ -45,19 +46,37 @@ class Run(eqx.Module):
     jump_every: int | None = None
     checkpoint_every: int | None = None
     diagnostics_every: int = 0
-    options: tuple[tuple[str, object], ...] = ()
+    options: tuple | None = None
     starts: str | None = None
     start_dispersion: float | None = None
     sharding: str | None = None
     devices: int | None = None
     continuation: Callable | None = None
 
+    def __check_init__(self):
+        if self.options is not None and not hasattr(self.options, "_asdict"):
+            raise TypeError(f"Run.options must be a NamedTuple of the family's settings (or None), got "
+                            f"{type(self.options).__name__}")
+
     def replace(self, **changes) -> "Run":
         return dataclasses.replace(self, **changes)
 
     def option(self, name: str, default=None):
-        """The family's setting ``name`` (``options``), ``default`` if it has none."""
-        return dict(self.options).get(name, default)
+        """The family's setting ``name`` (a field of ``options``), ``default`` if it has none."""
+        return getattr(self.options, name, default)
+
+    def option_values(self) -> dict[str, object]:
+        """The family's settings as name -> value, values that are not a number, a string,
+        a bool or None written as their ``repr`` (what a fingerprint and a NetCDF
+        attribute hold)."""
+        plain = (str, int, float, bool, type(None))
+        items = {} if self.options is None else self.options._asdict()
+        return {k: v if isinstance(v, plain) else repr(v) for k, v in items.items()}
+
+    def fingerprint(self) -> dict[str, object]:
+        """What of the run identifies its checkpoint besides the data and the grid: the
+        family and its settings."""
+        return {"family": self.family} | self.option_values()
 
     def constants(self) -> dict[str, object]:
         """The run as flat name -> value pairs (None fields left out): what
@@ -68,7 +87,7 @@ class Run(eqx.Module):
         for name in ("jump_every", "checkpoint_every", "starts", "start_dispersion", "sharding", "devices"):
             if getattr(self, name) is not None:
                 out[name] = getattr(self, name)
-        return out | dict(self.options)
+        return out | self.option_values()
 
 
 class Trajectory(eqx.Module):

@@ -27,7 +27,7 @@ import numpy as np
 from jaxtyping import Array, Float, PRNGKeyArray
 
 from ._checks import particle_array, finite, number_in, positive_int, positive_number
-from ._mcmc import check_kernel, run_chain
+from ._mcmc import MCMCDraws, check_kernel, run_chain
 from ._keys import single_key
 from ._trajectory import Trajectory
 from .free_energy import FreeEnergy
@@ -42,30 +42,20 @@ _JACOBIAN_DRAWS = 4096
 _BATCHES_PER_CHAIN = 5
 
 
-class GibbsSamples(NamedTuple):
-    """Draws of G[f] (chains, draws, D) with per-draw acceptance, divergence and energy."""
-
-    samples: Float[Array, "c s d"]
-    acceptance: Float[Array, "c s"]
-    diverging: Array
-    energy: Float[Array, "c s"]
-    step_size: Float[Array, " c"]
+class GibbsSamples(MCMCDraws):
+    """Draws of G[f], ``samples`` (chains, draws, D), with their ``stats`` (``MCMCDraws``)."""
 
 
-class FixedPoint(eqx.Module):
-    """Result of ``sample_fixed_point``: draws of ρ* and the iteration history (a pytree;
-    the kernel's name is static)."""
+class FixedPoint(MCMCDraws):
+    """Result of ``sample_fixed_point``: draws of ρ* (``samples`` (chains, draws, D) and
+    their ``stats``, ``MCMCDraws``) and the iteration history (a pytree; the kernel's name
+    is static)."""
 
-    samples: Float[Array, "c s d"]
     output: Float[Array, " p"]
     residuals: np.ndarray
     converged: bool
     outputs: np.ndarray
     mc_errors: np.ndarray
-    acceptance: Float[Array, "c s"]
-    diverging: Array
-    energy: Float[Array, "c s"]
-    step_size: Float[Array, " c"]
     kernel: str = eqx.field(static=True)
 
 
@@ -79,7 +69,7 @@ def _sample_gibbs(fe: FreeEnergy, kernel: str, num_warmup: int, num_samples: int
     keys = jax.random.split(key, init.shape[0])
     d = jax.vmap(lambda k, x: run_chain(logdensity, kernel, k, x, num_warmup, num_samples,
                                         num_integration_steps))(keys, init)
-    return GibbsSamples(d.position, d.acceptance, d.diverging, d.energy, d.step_size)
+    return GibbsSamples(d.position, d.stats)
 
 
 def _gibbs_runner(fe: FreeEnergy, kernel: str, num_warmup: int, num_samples: int, num_integration_steps: int):
@@ -246,9 +236,8 @@ def sample_fixed_point(fe: FreeEnergy, key: PRNGKeyArray, *, num_chains: int = 4
     if not converged:
         warnings.warn(f"sample_fixed_point did not converge in {max_iter} rounds; relative residuals "
                       f"{np.round(residuals, 4).tolist()}", RuntimeWarning, stacklevel=2)
-    return FixedPoint(samples=gs.samples, output=g, residuals=np.asarray(residuals), converged=converged,
-                      outputs=np.stack(outputs), mc_errors=np.asarray(errors), acceptance=gs.acceptance,
-                      diverging=gs.diverging, energy=gs.energy, step_size=gs.step_size, kernel=kernel)
+    return FixedPoint(samples=gs.samples, stats=gs.stats, output=g, residuals=np.asarray(residuals),
+                      converged=converged, outputs=np.stack(outputs), mc_errors=np.asarray(errors), kernel=kernel)
 
 
 @eqx.filter_jit

@@ -28,7 +28,7 @@ import jax.numpy as jnp
 from jaxtyping import Array, Float, PRNGKeyArray
 
 from ._checks import finite, positive_int
-from ._mcmc import check_kernel, run_chain
+from ._mcmc import MCMCDraws, check_kernel, run_chain
 from ._keys import single_key
 from ._memory import check_run_fits, particle_run_bytes
 from .free_energy import FreeEnergy
@@ -36,17 +36,11 @@ from .free_energy import FreeEnergy
 __all__ = ["ParticlePosterior", "particle_logdensity", "sample_particle_posterior", "stein_residual"]
 
 
-class ParticlePosterior(eqx.Module):
+class ParticlePosterior(MCMCDraws):
     """Draws of p_N: ``samples`` (chains, draws, N, D) in the unit's flat unconstrained
-    coordinates, with per-draw sampler statistics (chains, draws) and the adapted step
-    size per chain (chains,)."""
+    coordinates, with their ``stats`` (``MCMCDraws``: per draw (chains, draws), the
+    adapted step size per chain (chains,))."""
 
-    samples: Float[Array, "c s n d"]
-    acceptance: Float[Array, "c s"]
-    diverging: Array
-    energy: Float[Array, "c s"]
-    num_integration_steps: Array
-    step_size: Float[Array, " c"]
     kernel: str = eqx.field(static=True)
 
 
@@ -145,13 +139,12 @@ def sample_particle_posterior(fe: FreeEnergy, key: PRNGKeyArray, num_particles: 
     finite("init", init)
     kept = int(num_samples) * d * fe.x.dtype.itemsize
     check_run_fits("sample_particle_posterior", particle_run_bytes(fe, d, lambda m: kept * m), n, int(init.shape[0]),
-                   "chains", f"The draws kept are num_samples x N x D numbers per chain: fewer num_samples (a larger "
+                   "chains", "The draws kept are num_samples x N x D numbers per chain: fewer num_samples (a larger "
                    "thinning) lowers them. ")
     draws = _sample_posterior(fe, n, kernel, int(num_warmup), int(num_samples), int(num_integration_steps),
                               int(thinning), key, init)
     c = init.shape[0]
-    return ParticlePosterior(draws.position.reshape(c, int(num_samples), n, d), draws.acceptance, draws.diverging,
-                             draws.energy, draws.num_integration_steps, draws.step_size, kernel)
+    return ParticlePosterior(draws.position.reshape(c, int(num_samples), n, d), draws.stats, kernel)
 
 
 def stein_residual(fe: FreeEnergy, particles: Float[Array, "n d"], key: PRNGKeyArray

@@ -7,7 +7,10 @@ uninterrupted ones to float64 rounding; a chain of jumps alone (SGD) draws from 
 step index, so its checkpointed run is the unsegmented run itself.
 """
 
+from typing import NamedTuple
+
 import diffrax
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -39,6 +42,46 @@ def test_jumps_between_steps_follow_the_product_formula():
     with pytest.raises(ValueError, match="one save per jump interval"):
         drive(sde, jax.random.key(0), y0, t0=t0, t1=t0 + n * h, dt0=h, solver=diffrax.Euler(), observables=_mean,
               ts=t0 + h * np.array([0, 1]))
+
+
+class _Pair(NamedTuple):
+    x: jax.Array  # (N, 2)
+    c: jax.Array  # (N,)
+
+
+class _PairDrift(eqx.Module):
+    def __call__(self, t, s, args):
+        return _Pair(-s.x + args.c[:, None], jnp.sum(s.x**2, axis=1))
+
+
+def test_a_state_pytree_is_the_packed_array_run(tmp_path):
+    """A state pytree runs as the rows of one array: an LM run of the pytree (x (N, 2), c
+    (N,)) with noise on x alone, replicated over 2 keys and checkpointed, equals the plain
+    run on the packed (N, 3) array bit for bit, and the trajectory's particles are the
+    pytree; leaves of unequal N are refused, naming the leaf."""
+    keys = jax.random.split(jax.random.key(3), 2)
+    x0 = jax.random.normal(jax.random.key(4), (5, 2))
+    c0 = jnp.arange(5.0)
+    tree = drive(ParticleSDE(_PairDrift(), lambda t: _Pair(0.7, 0.0)), keys, _Pair(jnp.stack([x0, x0]), jnp.stack([c0, c0])),
+                 t0=0.0, t1=1.0, dt0=0.1, solver=mfsde.LeimkuhlerMatthews(),
+                 observables=lambda t, s, s0: {"c": jnp.mean(s.c), "x": jnp.mean(s.x)}, checkpoint_every=4,
+                 checkpoint_path=tmp_path / "pair.npz")
+
+    def packed_drift(t, y, args):
+        return jnp.concatenate([-y[:, :2] + args[:, 2:], jnp.sum(y[:, :2] ** 2, axis=1, keepdims=True)], axis=1)
+
+    y0 = jnp.concatenate([x0, c0[:, None]], axis=1)
+    flat = drive(ParticleSDE(packed_drift, lambda t: jnp.array([0.7, 0.7, 0.0])), keys, jnp.stack([y0, y0]),
+                 t0=0.0, t1=1.0, dt0=0.1, solver=mfsde.LeimkuhlerMatthews(),
+                 observables=lambda t, y, y0: {"c": jnp.mean(y[:, 2]), "x": jnp.mean(y[:, :2])})
+    assert isinstance(tree.particles, _Pair) and tree.particles.c.shape == (2, 5)
+    np.testing.assert_array_equal(tree.particles.x, flat.particles[..., :2])
+    np.testing.assert_array_equal(tree.particles.c, flat.particles[..., 2])
+    for name in ("c", "x"):
+        np.testing.assert_array_equal(tree.observables[name], flat.observables[name])
+    with pytest.raises(ValueError, match="leaf 'c' has 4 particles"):
+        drive(ParticleSDE(_PairDrift(), lambda t: 0.7), jax.random.key(0), _Pair(x0, c0[:4]), t0=0.0, t1=1.0, dt0=0.1,
+              solver=mfsde.LeimkuhlerMatthews(), observables=lambda t, s, s0: {})
 
 
 def _assert_same(a, b, rtol=1e-12):

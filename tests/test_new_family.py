@@ -34,8 +34,9 @@ def test_readme_kinetic_langevin_reaches_its_stationary_law():
     theta0 = fe.prior_sample(jax.random.key(1), n)
     traj = kinetic_langevin(fe, jax.random.key(2), theta0, t1=30.0, dt0=0.02)
     assert traj.run.family == "kinetic_langevin" and traj.run.option("gamma") == 1.0
-    assert traj.particles.shape == (n, 2 * fe.dim) and traj.observables["risk"].shape == traj.ts.shape
-    theta, v = np.split(np.asarray(traj.particles), 2, axis=1)
+    assert traj.particles.theta.shape == traj.particles.v.shape == (n, fe.dim)
+    assert traj.observables["risk"].shape == traj.ts.shape
+    theta, v = np.asarray(traj.particles.theta), np.asarray(traj.particles.v)
     m_star = lg.fixed_point_mean(fe.x, fe.y, beta)
     # The cloud's mean: its covariance under p_N is at most I/N per coordinate (the
     # interaction only shrinks it), so 4/√N bounds it at 4 s.e.; Euler's O(h) bias on top.

@@ -11,7 +11,7 @@ import pytest
 import scipy.stats
 
 import mfsde
-from mfsde.dynamics import WFRStep, birth_death_events, kde_logdensity, silverman_bandwidth
+from mfsde.dynamics import WFRState, WFRStep, birth_death_events, kde_logdensity, silverman_bandwidth
 from mfsde.dynamics._wfr import _resolve_jumps
 
 
@@ -105,10 +105,10 @@ def test_event_counts_are_binomial_with_the_stated_probability(lin_flow):
     stat = np.sum((count - 4000 * p) ** 2 / (4000 * p * (1 - p)))
     assert stat < scipy.stats.chi2.ppf(0.999, len(p)), stat
     key = jax.random.key(6)
-    y = jnp.concatenate([p0, jnp.zeros((48, 3))], axis=1)
-    out = WFRStep(fe, 0.1, rate / 0.1, "clone", None, None)(key, 0.0, y)
+    zeros = jnp.zeros(48, jnp.int32)
+    out = WFRStep(fe, 0.1, rate / 0.1, "clone", None, None)(key, 0.0, WFRState(p0, jnp.zeros(48), zeros, zeros, None))
     kill, clone = birth_death_events(jax.random.split(key, 4)[1], delta, rate)
-    assert float(out[0, 4]) == float(clone.sum()) and float(out[0, 5]) == float(kill.sum())
+    assert int(out.clones.sum()) == int(clone.sum()) and int(out.kills.sum()) == int(kill.sum())
 
 
 @pytest.mark.parametrize("variant", ["clone", "prior"])

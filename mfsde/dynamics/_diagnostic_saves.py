@@ -24,9 +24,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from ..diagnostics._convergence import diagnostic_save_indices
+from ._observables import DiagnosticGate
 
-__all__ = ["DIAGNOSTICS_BUDGET", "diagnostics_every", "diagnostic_save_indices", "diagnostic_policy", "diagnostic_gate",
-           "at_diagnostic_saves"]
+__all__ = ["DIAGNOSTICS_BUDGET", "diagnostics_every", "diagnostic_save_indices", "diagnostic_policy", "diagnostic_gate"]
 
 DIAGNOSTICS_BUDGET = 0.1
 # Drift evaluations' worth of time per diagnostic save besides the k-NN search: an upper
@@ -72,27 +72,17 @@ def diagnostic_policy(diagnostics, ts, t0: float, t1: float, dt0: float, stepsiz
     return diagnostics_every(steps, int(np.shape(ts)[0]), num_particles, num_data)
 
 
-def diagnostic_gate(ts, every: int, dt0: float, dtype) -> tuple:
-    """(the save times that carry diagnostics, NaN at the others, shape (T,); a tolerance
-    of a quarter of the smallest save spacing), both arrays, for ``ParticleObservables``;
-    (None, 0.0) when no save has them. Arrays of a fixed shape: a run of other dt0 or t1
-    reuses the compiled program."""
+def diagnostic_gate(ts, every: int, dt0: float, dtype) -> DiagnosticGate | None:
+    """The ``DiagnosticGate`` of every k-th save (k = ``every``) counted back from the last:
+    the save times that carry diagnostics, NaN at the others, shape (T,), and a tolerance
+    of a quarter of the smallest save spacing, both arrays of a fixed shape (a run of other
+    dt0 or t1 reuses the compiled program); None when no save has them."""
     if every < 1:
-        return None, 0.0
+        return None
     num = int(np.shape(ts)[0])
     idx = diagnostic_save_indices(num, every)
     spacing = dt0 if isinstance(ts, jax.core.Tracer) or num < 2 else min(dt0, float(np.min(np.diff(ts))))
     mask = np.zeros(num, bool)
     mask[idx] = True
     gated = jnp.where(jnp.asarray(mask), jnp.asarray(ts, dtype), jnp.nan)
-    return gated, jnp.asarray(0.25 * spacing, dtype)
-
-
-def at_diagnostic_saves(diagnose, t, diagnostic_ts, tol, names: tuple[str, ...], dtype) -> dict:
-    """``diagnose()`` (a dict of the scalars ``names``) at a save within ``tol`` of one of
-    ``diagnostic_ts`` (all saves when None), NaN at the others: a ``lax.cond``, so the
-    others cost nothing, and ``diagnose`` is traced once."""
-    if diagnostic_ts is None:
-        return diagnose()
-    return jax.lax.cond(jnp.any(jnp.abs(diagnostic_ts - t) < tol), diagnose,
-                        lambda: {name: jnp.full((), jnp.nan, dtype) for name in names})
+    return DiagnosticGate(gated, jnp.asarray(0.25 * spacing, dtype))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from typing import NamedTuple
 
 import diffrax
 import equinox as eqx
@@ -12,34 +13,31 @@ import jax.numpy as jnp
 from jaxtyping import Array, Float, PRNGKeyArray
 
 from ..free_energy import FreeEnergy
-from ..particle_posterior import stein_residual
 from ..diagnostics._divergence import kl_to_prior, w2_to_prior_bound
 from ..diagnostics._moments import LawMoments
 from ._checkpoint import data_fingerprint
-from ._core import ParticleSDE, Trajectory, drive, save_times
-from ._diagnostic_saves import at_diagnostic_saves, diagnostic_gate, diagnostic_policy
+from ._core import Trajectory, drive
+from ._saves import save_times
+from ._sde import ParticleSDE
+from ._diagnostic_saves import diagnostic_gate, diagnostic_policy
+from ._observables import ObservableTail, stein_residual_at
 from ._sharding import run_sharding
 from ._solver import LeimkuhlerMatthews
 from jax.sharding import Mesh
 from ._stability import step_stability_hint
 from ._starts import run_start
-from ._terms import LangevinDrift, LangevinNoise, unit_schedule
+from ._terms import LangevinDrift, LangevinNoise, schedule_name, unit_schedule
 from .._memory import particle_run_bytes
 from .._trajectory import Run
 
-# Seed of the Hutchinson probes of the in-run Stein residual (folded with each save time).
-_STEIN_SEED = 20131
-
-__all__ = ["langevin", "LangevinDrift", "ParticleObservables"]
+__all__ = ["langevin", "LangevinDrift", "LangevinOptions", "ParticleObservables"]
 
 
-def stein_residual_at_step(fe: FreeEnergy, particles, t, step_size: float):
-    """``stein_residual`` of a chain's state at time t with the probe of step k = t/h
-    (``fold_in(key(_STEIN_SEED), k)``): a fresh probe per step, the same on a rerun."""
-    k = jnp.rint(t / step_size).astype(jnp.int32)
-    # saved under a lax.cond: the barrier keeps XLA from hoisting its work into every step
-    particles = jax.lax.optimization_barrier(particles)
-    return stein_residual(fe, particles, jax.random.fold_in(jax.random.key(_STEIN_SEED), k))
+class LangevinOptions(NamedTuple):
+    """A Langevin run's settings besides its grid and solver (``Trajectory.run.options``):
+    the schedule ξ's name."""
+
+    schedule: str
 
 
 class ParticleObservables(eqx.Module):
@@ -54,18 +52,13 @@ class ParticleObservables(eqx.Module):
     finite β stein_residual / stein_curvature (``mfsde.stein_residual``, a fresh probe per
     save time): zero-mean under the exact N-particle stationary law, so its time average
     over a stationary run measures the integrator's bias.
-    Plus any ``extra`` name -> fn(particles) -> scalar.
-    With ``diagnostic_ts``, the diagnostics are computed only at the saves within
-    ``diagnostic_tol`` of those times and are NaN at the others.
+    Plus any extra name -> fn(particles) -> scalar. The moments, the diagnostics (at the
+    saves of ``tail.gate``, NaN at the others) and the extras are the ``ObservableTail``.
     """
 
     fe: FreeEnergy
-    extra: tuple[tuple[str, Callable], ...] = eqx.field(static=True, default=())
-    diagnostics: bool = eqx.field(static=True, default=False)
+    tail: ObservableTail
     prior_moments: tuple[Array, Array] | None = None
-    moments: LawMoments | None = None
-    diagnostic_ts: Array | None = None
-    diagnostic_tol: Array | float = 0.0
 
     def _diagnostic_names(self) -> tuple[str, ...]:
         names = ("stein_residual", "stein_curvature") if self.fe.finite_beta else ()
@@ -78,9 +71,7 @@ class ParticleObservables(eqx.Module):
         particles, risk = jax.lax.optimization_barrier((particles, risk))
         out = {}
         if self.fe.finite_beta:
-            bits = jax.lax.bitcast_convert_type(jnp.asarray(t, jnp.float32), jnp.uint32)
-            out["stein_residual"], out["stein_curvature"] = stein_residual(
-                self.fe, particles, jax.random.fold_in(jax.random.key(_STEIN_SEED), bits))
+            out["stein_residual"], out["stein_curvature"] = stein_residual_at(self.fe, particles, t)
         out["kl_to_prior"] = kl_to_prior(particles, self.fe)
         out["free_energy"] = 0.5 * risk + (0.0 if not self.fe.finite_beta else out["kl_to_prior"] / self.fe.beta)
         if self.prior_moments is not None:
@@ -92,15 +83,8 @@ class ParticleObservables(eqx.Module):
             "risk": self.fe.risk(particles),
             "mean_sq_norm": jnp.mean(jnp.sum(particles**2, axis=1)),
         }
-        if self.moments is not None:
-            out.update(self.moments(particles))
-        if self.diagnostics:
-            out.update(at_diagnostic_saves(lambda: self._diagnostics(t, particles, out["risk"]), t,
-                                           self.diagnostic_ts, self.diagnostic_tol, self._diagnostic_names(),
-                                           particles.dtype))
-        for name, fn in self.extra:
-            out[name] = fn(particles)
-        return out
+        return self.tail(out, t, particles, None, lambda: self._diagnostics(t, particles, out["risk"]),
+                         self._diagnostic_names(), particles)
 
 
 class _Continuation(eqx.Module):
@@ -212,7 +196,7 @@ def langevin(
         >>> bool(traj.observables["risk"][-1] < traj.observables["risk"][0])
         True
     """
-    key, batched, particles0 = run_start(fe, key, particles0, dtype=fe.x.dtype, key_optional=True)
+    key, batched, particles0 = run_start(fe, key, particles0, cast=True, key_optional=True)
     n = particles0.shape[-2]
     schedule = unit_schedule if schedule is None else schedule
     noise = None if not fe.finite_beta else LangevinNoise(fe.beta, schedule)
@@ -223,8 +207,9 @@ def langevin(
     moments = fe.unit.gaussian_prior_moments() if every else None
     if moments is not None:
         moments = tuple(jnp.asarray(m, particles0.dtype) for m in moments)
-    obs = ParticleObservables(fe, tuple(sorted((observables or {}).items())), every > 0, moments,
-                              LawMoments.of(fe.unit), *diagnostic_gate(run_ts, every, float(dt0), particles0.dtype))
+    tail = ObservableTail(LawMoments.of(fe.unit), diagnostic_gate(run_ts, every, float(dt0), particles0.dtype),
+                          tuple(sorted((observables or {}).items())))
+    obs = ParticleObservables(fe, tail, moments)
     if solver is None:
         solver = diffrax.Euler() if noise is None else LeimkuhlerMatthews()
     elif noise is None and isinstance(solver, LeimkuhlerMatthews):
@@ -232,12 +217,11 @@ def langevin(
                          "or an adaptive ODE solver")
     return drive(sde, key, particles0, t0=float(t0), t1=float(t1), dt0=float(dt0), solver=solver, observables=obs,
                  ts=run_ts, stepsize_controller=stepsize_controller, progress=progress, adjoint=adjoint,
-                 run=Run(family="langevin", diagnostics_every=every,
+                 run=Run(family="langevin", diagnostics_every=every, options=LangevinOptions(schedule_name(schedule)),
                          continuation=_Continuation(solver, schedule) if _is_fixed_step(stepsize_controller) else None),
                  max_steps=max_steps, checkpoint_every=checkpoint_every, checkpoint_path=checkpoint_path,
                  stability_hint=lambda last: step_stability_hint(
                      fe, (("at the last finite state", last), ("at the start", particles0.reshape(-1, n, fe.dim)[0])),
                      float(dt0)),
                  memory=particle_run_bytes(fe, fe.dim), sharding=run_sharding(mesh, particles0),
-                 fingerprint=dict(data_fingerprint(fe), family="langevin",
-                                  schedule=getattr(schedule, "__qualname__", repr(schedule))))
+                 fingerprint=data_fingerprint(fe))

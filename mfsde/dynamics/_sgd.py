@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from typing import NamedTuple
 
 import equinox as eqx
 import jax
@@ -17,15 +18,29 @@ from ..diagnostics._moments import LawMoments
 from ..free_energy import FreeEnergy
 from ._checkpoint import data_fingerprint
 from ._sharding import run_sharding
-from ._core import ParticleSDE, Trajectory, drive
-from ._langevin import stein_residual_at_step
-from ._terms import unit_schedule
+from ._core import Trajectory, drive
+from ._saves import default_save_steps
+from ._sde import ParticleSDE
+from ._observables import DiagnosticGate, ObservableTail, stein_residual_at
+from ._terms import schedule_name, unit_schedule
 from .._trajectory import Run
 from ._stability import step_stability_hint
 from ._starts import run_start
 from .._memory import particle_run_bytes
 
-__all__ = ["sgd", "SGDStep", "SGDObservables"]
+__all__ = ["sgd", "SGDOptions", "SGDStep", "SGDObservables"]
+
+
+class SGDOptions(NamedTuple):
+    """An SGD run's settings (``Trajectory.run.options``): the step η, the minibatch size B
+    (None: the whole data set), whether the noise and the prior drift are on, and the
+    schedule ξ's name."""
+
+    step_size: float
+    batch_size: int | None
+    noise: bool
+    prior_drift: bool
+    schedule: str
 
 
 class SGDStep(eqx.Module):
@@ -68,24 +83,23 @@ class SGDStep(eqx.Module):
 
 class SGDObservables(eqx.Module):
     """risk, mean_sq_norm, max_displacement = max_i ‖θ_i − θ_i(0)‖ (from the start Θ_0 the
-    driver passes), the law's moments and, with ``stein``, the Stein residual with the
-    probe of step k = t/η; plus the extras."""
+    driver passes), then the ``ObservableTail``: the law's moments, the Stein residual at
+    every save when ``tail.gate`` is set (``stein_residual_at``), the extras."""
 
     fe: FreeEnergy
-    step_size: Array
-    stein: bool = eqx.field(static=True)
-    extra: tuple[tuple[str, Callable], ...] = eqx.field(static=True, default=())
+    tail: ObservableTail
 
     def __call__(self, t, theta, theta0):
         fe = self.fe
         out = {"risk": fe.risk(theta), "mean_sq_norm": jnp.mean(jnp.sum(theta**2, axis=1)),
                "max_displacement": jnp.max(jnp.linalg.norm(theta - theta0, axis=1))}
-        out.update(LawMoments.of(fe.unit)(theta))
-        if self.stein:
-            out["stein_residual"], out["stein_curvature"] = stein_residual_at_step(fe, theta, t, self.step_size)
-        for name, fn in self.extra:
-            out[name] = fn(theta)
-        return out
+
+        def stein():
+            # under the save: the barrier keeps XLA from hoisting its work into every step
+            residual, curvature = stein_residual_at(fe, jax.lax.optimization_barrier(theta), t)
+            return {"stein_residual": residual, "stein_curvature": curvature}
+
+        return self.tail(out, t, theta, None, stein, ("stein_residual", "stein_curvature"), theta)
 
 
 def sgd(fe: FreeEnergy, key: PRNGKeyArray, particles0: Float[Array, "n d"], *, num_steps: int, step_size: float,
@@ -128,7 +142,8 @@ def sgd(fe: FreeEnergy, key: PRNGKeyArray, particles0: Float[Array, "n d"], *, n
         noise: add sqrt(2η_k/β) g (default: when β is finite).
         prior_drift: add η_k β⁻¹∇log π₀ (default: same as ``noise``).
         schedule: ξ(t) (default 1).
-        save_every: save the observables every this many steps (default K/100).
+        save_every: save the observables every this many steps, and after the last
+            (default: every family's grid, up to 101 equally spaced steps).
         observables: extra name -> fn(particles) -> scalar.
         progress: tqdm bar over the save blocks (default: K >= 5000).
         checkpoint_every, checkpoint_path: write the state every this many steps to an
@@ -157,7 +172,7 @@ def sgd(fe: FreeEnergy, key: PRNGKeyArray, particles0: Float[Array, "n d"], *, n
         >>> traj.particles.shape
         (128, 2)
     """
-    key, batched, particles0 = run_start(fe, key, particles0, broadcast=True, dtype=fe.x.dtype)
+    key, batched, particles0 = run_start(fe, key, particles0, broadcast=True, cast=True)
     num_steps = positive_int("num_steps", num_steps)
     positive_number("step_size", step_size)
     if batch_size is not None and (int(batch_size) != batch_size or batch_size < 1):
@@ -171,15 +186,19 @@ def sgd(fe: FreeEnergy, key: PRNGKeyArray, particles0: Float[Array, "n d"], *, n
     prior_drift = noise if prior_drift is None else bool(prior_drift)
     if (noise or prior_drift) and not fe.finite_beta:
         raise ValueError("noise and the prior drift need a finite beta")
-    every = max(1, num_steps // 100) if save_every is None else positive_int("save_every", save_every)
+    if save_every is None:
+        ks = default_save_steps(num_steps)
+    else:
+        every = positive_int("save_every", save_every)
+        ks = np.unique(np.r_[np.arange(0, num_steps, every), num_steps])
     eta = jnp.asarray(float(step_size), fe.x.dtype)
     step = SGDStep(fe, eta, None if batch_size is None else int(batch_size), noise, prior_drift,
                    unit_schedule if schedule is None else schedule, sampler)
     # the Stein residual is zero-mean under p_N, the law noisy full-drift SGD approximates
-    obs = SGDObservables(fe, eta, noise and prior_drift, tuple(sorted((observables or {}).items())))
-    ks = np.unique(np.r_[np.arange(0, num_steps, every), num_steps])
-    run = Run(family="sgd", options=(("step_size", float(step_size)), ("batch_size", batch_size), ("noise", noise),
-                                     ("prior_drift", prior_drift)))
+    obs = SGDObservables(fe, ObservableTail(LawMoments.of(fe.unit), DiagnosticGate() if noise and prior_drift else None,
+                                            tuple(sorted((observables or {}).items()))))
+    run = Run(family="sgd", options=SGDOptions(float(step_size), None if batch_size is None else int(batch_size), noise,
+                                               prior_drift, schedule_name(step.schedule)))
     return drive(ParticleSDE(jump=step), key, particles0, t0=0.0, t1=num_steps * float(step_size),
                  dt0=float(step_size), observables=obs, ts=ks * float(step_size),
                  progress=num_steps >= 5000 if progress is None else progress, checkpoint_every=checkpoint_every,
@@ -189,6 +208,4 @@ def sgd(fe: FreeEnergy, key: PRNGKeyArray, particles0: Float[Array, "n d"], *, n
                      float(step_size), "step_size"),
                  memory=particle_run_bytes(fe, fe.dim, None if batch_size is None else
                                                    lambda n: 2 * n * int(batch_size) * fe.x.dtype.itemsize),
-                 fingerprint=dict(data_fingerprint(fe), family="sgd", step_size=float(step_size),
-                                  batch_size=batch_size, noise=noise, prior_drift=prior_drift,
-                                  schedule=getattr(step.schedule, "__qualname__", repr(step.schedule))))
+                 fingerprint=data_fingerprint(fe))

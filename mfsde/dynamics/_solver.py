@@ -23,7 +23,14 @@ from typing import Any, ClassVar
 import diffrax
 from equinox.internal import ω
 
-__all__ = ["LeimkuhlerMatthews"]
+__all__ = ["LeimkuhlerMatthews", "leimkuhler_matthews_update"]
+
+
+def leimkuhler_matthews_update(y, increment, previous_noise, noise):
+    """One step of the scheme, y_{n+1} = y_n + b(t_n, y_n) h + (g ΔW_{n−1} + g ΔW_n) / 2, from
+    the drift ``increment`` b h and the two noise increments (pytrees of y's structure):
+    the solver below and WFR's transport step (``mfsde.dynamics.WFRStep``) both take it."""
+    return (y**ω + increment**ω + 0.5 * (previous_noise**ω + noise**ω)).ω
 
 
 class LeimkuhlerMatthews(diffrax.AbstractItoSolver):
@@ -56,8 +63,7 @@ class LeimkuhlerMatthews(diffrax.AbstractItoSolver):
         del made_jump
         drift, diffusion = terms.terms
         noise = diffusion.vf_prod(t0, y0, args, diffusion.contr(t0, t1))
-        y1 = (y0**ω + drift.vf_prod(t0, y0, args, drift.contr(t0, t1)) ** ω
-              + 0.5 * (solver_state**ω + noise**ω)).ω
+        y1 = leimkuhler_matthews_update(y0, drift.vf_prod(t0, y0, args, drift.contr(t0, t1)), solver_state, noise)
         return y1, None, dict(y0=y0, y1=y1), noise, diffrax.RESULTS.successful
 
     def func(self, terms, t0, y0, args):

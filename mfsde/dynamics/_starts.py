@@ -17,15 +17,17 @@ from ..particles import Particles
 
 __all__ = ["overdispersed_starts", "run_start"]
 
-def run_start(fe: FreeEnergy, key, particles0, *, broadcast: bool = False, dtype=None, key_optional: bool = False,
-              measures: bool = False):
+
+def run_start(fe: FreeEnergy, key, particles0, *, broadcast: bool = False, cast: bool = False,
+              key_optional: bool = False, measures: bool = False):
     """(keys, batched, Θ_0): every family's entry check of ``(fe, key, particles0)``.
 
     ``key``: one key or R of them (``as_keys``; None allowed with ``key_optional``, an ODE).
     ``particles0``: (N, D), or (R, N, D) with R keys (one start per replicate), or the θ
-    of a ``Particles`` where the family moves measures (``measures``); the argument is named in every error (shape, N = 0, non-finite).
+    of a ``Particles`` where the family moves measures (``measures``); every error (shape,
+    N = 0, non-finite values) names the argument.
     ``broadcast``: R keys and an (N, D) start give (R, N, D) copies (the jump chains' state
-    is per replicate). ``dtype``: the start cast to it (None: kept)."""
+    is per replicate). ``cast``: the start cast to the data's dtype."""
     if not isinstance(fe, FreeEnergy):
         raise TypeError(f"fe must be a mfsde.FreeEnergy, got {type(fe).__name__}")
     key, batched = (None, False) if key is None and key_optional else as_keys(key)
@@ -43,7 +45,7 @@ def run_start(fe: FreeEnergy, key, particles0, *, broadcast: bool = False, dtype
     finite("particles0", theta)
     if broadcast and batched:
         theta = jnp.broadcast_to(theta, (key.shape[0], *theta.shape[-2:]))
-    return key, batched, theta if dtype is None else theta.astype(dtype)
+    return key, batched, theta.astype(fe.x.dtype) if cast else theta
 
 
 # Prior draws used to locate the prior's centre when it is not Gaussian.

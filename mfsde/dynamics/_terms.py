@@ -15,12 +15,17 @@ from jaxtyping import Array
 from ..free_energy import FreeEnergy
 from ..particles import Particles
 
-__all__ = ["LangevinDrift", "LangevinNoise", "unit_schedule"]
+__all__ = ["LangevinDrift", "LangevinNoise", "schedule_name", "unit_schedule"]
 
 
 def unit_schedule(t):
     """ξ(t) = 1: the time-homogeneous dynamics."""
     return 1.0
+
+
+def schedule_name(schedule: Callable) -> str:
+    """What a run's options and checkpoint record of a schedule ξ: its qualified name."""
+    return getattr(schedule, "__qualname__", repr(schedule))
 
 
 class LangevinDrift(eqx.Module):

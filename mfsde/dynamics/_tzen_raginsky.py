@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import math
 import os
+from typing import NamedTuple
 
 import diffrax
 import equinox as eqx
@@ -46,12 +47,25 @@ from ..free_energy import FreeEnergy
 from .._memory import particle_run_bytes
 from ._checkpoint import array_digest, data_fingerprint
 from ._sharding import run_sharding
-from ._core import ParticleSDE, Trajectory, drive, num_fixed_steps
+from ._core import Trajectory, drive
+from ._engine import num_fixed_steps
+from ._saves import default_save_steps
+from ._sde import ParticleSDE
 from .._keys import as_keys
 from .._blocks import row_blocks, unblock
 from .._trajectory import Run
 
-__all__ = ["mckean_vlasov", "schrodinger_bridge", "gaussian_prior", "time_grid", "GreedyDrift", "BridgeDrift"]
+__all__ = ["mckean_vlasov", "schrodinger_bridge", "gaussian_prior", "time_grid", "BridgeOptions", "ControlledState",
+           "GreedyDrift", "BridgeDrift"]
+
+
+class BridgeOptions(NamedTuple):
+    """A bridge run's settings (``Trajectory.run.options``): the inner estimator of the
+    drift, its inner draws per particle and the log-normaliser log Z it used (0: none given)."""
+
+    estimator: str
+    num_inner: int
+    log_normalizer: float
 
 ESTIMATORS = ("mis", "gaussian", "fixed_point")
 # Inner points (particles x num_inner) handled at once; the data are chunked within that.
@@ -79,23 +93,34 @@ def _cost_rate(u, var):
     return 0.5 * jnp.sum(u * u / var, axis=1)
 
 
+# Saves of a default grid on [0, 1]: the bridge's observables cost inner draws.
+_BRIDGE_NUM_SAVES = 21
+
+
+class ControlledState(NamedTuple):
+    """The state of a Tzen–Raginsky run: the particles ``w`` (N, D) and each one's control
+    cost accumulated so far, ``cost`` (N,), c_t = ∫_0^t ½‖Σ^{-1/2}u‖² ds."""
+
+    w: Float[Array, "n d"]
+    cost: Float[Array, " n"]
+
+
 class _ConstantNoise(eqx.Module):
-    scale: Array
+    scale: ControlledState
 
     def __call__(self, t):
         return self.scale
 
 
 class GreedyDrift(eqx.Module):
-    """(u, ½‖Σ^{-1/2}u‖²) with u_i = −β Σ ∇Ψ(W_i; ρ^N_t), over the (N, D + 1) state."""
+    """d/dt of the ``ControlledState``: (u, ½‖Σ^{-1/2}u‖²) with u_i = −β Σ ∇Ψ(W_i; ρ^N_t)."""
 
     fe: FreeEnergy
     prior_var: Array
 
-    def __call__(self, t, y, args=None):
-        w = y[:, : self.fe.dim]
-        u = -self.fe.beta * self.prior_var * self.fe.grad_potential(w)
-        return jnp.concatenate([u, _cost_rate(u, self.prior_var)[:, None]], axis=1)
+    def __call__(self, t, state: ControlledState, args=None) -> ControlledState:
+        u = -self.fe.beta * self.prior_var * self.fe.grad_potential(state.w)
+        return ControlledState(u, _cost_rate(u, self.prior_var))
 
 
 def _step_key(key, t):
@@ -166,9 +191,9 @@ class BridgeDrift(eqx.Module):
         keys = jax.random.split(key, blocks.shape[0])
         return unblock(jax.lax.map(lambda a: self._estimate_chunk(s2, a[0], a[1]), (blocks, keys)), w.shape[0])
 
-    def __call__(self, t, y, args=None):
-        u, rate, _ = self.estimate(t, y[:, : self.fe.dim], _step_key(self.key, t))
-        return jnp.concatenate([u, rate[:, None]], axis=1)
+    def __call__(self, t, state: ControlledState, args=None) -> ControlledState:
+        u, rate, _ = self.estimate(t, state.w, _step_key(self.key, t))
+        return ControlledState(u, rate)
 
 
 class TzenRaginskyObservables(eqx.Module):
@@ -181,11 +206,10 @@ class TzenRaginskyObservables(eqx.Module):
     drift: BridgeDrift | None = None
     num_ess: int = eqx.field(static=True, default=256)
 
-    def __call__(self, t, y, args=None):
-        d = self.fe.dim
-        w = y[:, :d]
-        out = {"risk": self.fe.risk(w), "control_cost": jnp.mean(y[:, d]),
-               "control_cost_se": jnp.std(y[:, d]) / math.sqrt(y.shape[0])}
+    def __call__(self, t, state: ControlledState, start=None):
+        w, cost = state
+        out = {"risk": self.fe.risk(w), "control_cost": jnp.mean(cost),
+               "control_cost_se": jnp.std(cost) / math.sqrt(cost.shape[0])}
         out["total_cost"] = out["control_cost"] + 0.5 * self.fe.beta * out["risk"]
         if self.drift is not None:
             _, _, ess = self.drift.estimate(t, w[: self.num_ess], jax.random.fold_in(_step_key(self.drift.key, t), 1))
@@ -247,18 +271,18 @@ class _BridgeSDE(eqx.Module):
 
 def _solve_on_unit_interval(fe, family, key, num_particles, dt0, ts, solver, progress, mean, var, grid,
                             checkpoint_every, checkpoint_path, fingerprint, run: Run, inner_bytes=None, mesh=None):
-    """``drive`` on t ∈ [0, 1] from W_0 = m with the cost column c_0 = 0, state (N, D + 1);
+    """``drive`` on t ∈ [0, 1] from the ``ControlledState`` W_0 = m, c_0 = 0;
     ``family(noise)`` is the family's ``sde_of`` module for the noise Σ^{1/2} (the bridge's
     drift depends on the replicate's key)."""
     positive_int("num_particles", num_particles)
     steps = time_grid(float(dt0), grid)
     if ts is None:
         n = len(steps) - 1
-        ts = steps[np.unique(np.round(np.linspace(0, n, min(21, n + 1))).astype(int))]
+        ts = steps[default_save_steps(n, _BRIDGE_NUM_SAVES)]
     dtype = fe.x.dtype
-    y0 = jnp.concatenate([jnp.broadcast_to(jnp.asarray(mean, dtype), (num_particles, fe.dim)),
-                          jnp.zeros((num_particles, 1), dtype)], axis=1)
-    noise = _ConstantNoise(jnp.concatenate([jnp.sqrt(jnp.asarray(var, dtype)), jnp.zeros(1, dtype)]))
+    y0 = ControlledState(jnp.broadcast_to(jnp.asarray(mean, dtype), (num_particles, fe.dim)),
+                         jnp.zeros(num_particles, dtype))
+    noise = _ConstantNoise(ControlledState(jnp.sqrt(jnp.asarray(var, dtype)), jnp.zeros((), dtype)))
 
     sde = family(noise)
 
@@ -267,9 +291,8 @@ def _solve_on_unit_interval(fe, family, key, num_particles, dt0, ts, solver, pro
                  observables=None, ts=ts, stepsize_controller=controller, progress=progress,
                  checkpoint_every=checkpoint_every, checkpoint_path=checkpoint_path,
                  fingerprint=dict(data_fingerprint(fe), time_grid=grid, **fingerprint), run=run,
-                 state_columns=(("theta", fe.dim), ("control cost", 1)),
-                 memory=particle_run_bytes(fe, fe.dim + 1, inner_bytes), sharding=run_sharding(mesh, y0))
-    return traj._replace(particles=traj.particles[..., : fe.dim])
+                 memory=particle_run_bytes(fe, fe.dim + 1, inner_bytes), sharding=run_sharding(mesh, y0.w))
+    return traj._replace(particles=traj.particles.w)
 
 
 def _check_fe(fe):
@@ -322,7 +345,7 @@ def mckean_vlasov(fe: FreeEnergy, key: PRNGKeyArray, num_particles: int, *, dt0:
     drift = GreedyDrift(fe, jnp.asarray(var, fe.x.dtype))
     return _solve_on_unit_interval(fe, lambda noise: _GreedySDE(drift, noise), key, num_particles, dt0, ts,
                                    solver, progress, mean, var, time_grid, checkpoint_every, checkpoint_path,
-                                   dict(family="mckean_vlasov"), Run(family="mckean_vlasov"), mesh=mesh)
+                                   {}, Run(family="mckean_vlasov"), mesh=mesh)
 
 
 def schrodinger_bridge(fe: FreeEnergy, fixed_point_or_output, key: PRNGKeyArray, num_particles: int, *,
@@ -423,13 +446,12 @@ def schrodinger_bridge(fe: FreeEnergy, fixed_point_or_output, key: PRNGKeyArray,
     drift = BridgeDrift(fe, output, pool, log_z, jnp.asarray(mean, dtype), jnp.asarray(var, dtype),
                         jax.random.key(0), n_g, n_r, int(particle_chunk))  # its key: each replicate's own
 
-    fingerprint = dict(family="schrodinger_bridge", estimator=estimator, num_inner=int(num_inner), log_z=log_z_value)
+    fingerprint = {}
     if checkpoint_path is not None:
         fingerprint.update(output_sha256=array_digest(output), pool_sha256=array_digest(pool))
     return _solve_on_unit_interval(fe, lambda noise: _BridgeSDE(drift, noise, int(num_ess)), key, num_particles, dt0, ts, solver, progress, mean, var, time_grid,
                                    checkpoint_every, checkpoint_path, fingerprint,
                                    Run(family="schrodinger_bridge",
-                                       options=(("estimator", estimator), ("num_inner", int(num_inner)),
-                                                ("log_normalizer", log_z_value))),
+                                       options=BridgeOptions(estimator, int(num_inner), log_z_value)),
                                    inner_bytes=lambda n: _inner_block_bytes(fe, min(n, int(particle_chunk)) * num_inner),
                                    mesh=mesh)

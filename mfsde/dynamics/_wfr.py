@@ -31,7 +31,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
-from jaxtyping import Array, Float, PRNGKeyArray
+from jaxtyping import Array, Float, Int, PRNGKeyArray
 
 from .._blocks import row_blocks, unblock
 from .._checks import positive_number
@@ -42,14 +42,18 @@ from ..free_energy import FreeEnergy
 from ..particles import Particles
 from ._checkpoint import data_fingerprint
 from ._sharding import hold_particle_axis, run_sharding
-from ._core import ParticleSDE, Trajectory, drive, save_times
-from ._diagnostic_saves import at_diagnostic_saves, diagnostic_gate, diagnostic_policy
-from ._langevin import stein_residual_at_step
+from ._core import Trajectory, drive
+from ._saves import save_times
+from ._sde import ParticleSDE
+from ._diagnostic_saves import diagnostic_gate, diagnostic_policy
+from ._observables import ObservableTail, stein_residual_at
+from ._solver import leimkuhler_matthews_update
 from ._stability import step_stability_hint
+from ._state import RowLayout
 from ._starts import run_start
 from .._trajectory import Run
 
-__all__ = ["wfr", "birth_death_events", "WFRStep", "WFRObservables", "Penalty", "kde_logdensity", "silverman_bandwidth"]
+__all__ = ["wfr", "birth_death_events", "WFROptions", "WFRState", "WFRStep", "WFRObservables", "Penalty", "kde_logdensity", "silverman_bandwidth"]
 
 _BIRTH_DEATH = (None, "clone", "prior")
 # Rows of the (rows, N) distance block of the kernel density estimate.
@@ -96,19 +100,30 @@ def _unit_mean_weights(log_weight: Array) -> Array:
     return log_weight - (jax.nn.logsumexp(log_weight, axis=-1, keepdims=True) - jnp.log(log_weight.shape[-1]))
 
 
-class _Layout(NamedTuple):
-    # the state's columns: θ (D), log-weight, cumulative births, cumulative deaths, and at
-    # finite β the last Leimkuhler–Matthews draw ξ_n (D)
-    dim: int
-    noise: bool
+class WFROptions(NamedTuple):
+    """A weighted run's settings (``Trajectory.run.options``): the rate α, the mass move
+    (``birth_death``: None for reweighting, ``"clone"`` or ``"prior"``), the KDE bandwidth
+    (``"silverman"``: the rule at every step) and the ``Penalty`` (or None)."""
 
-    @property
-    def width(self) -> int:
-        return 2 * self.dim + 3 if self.noise else self.dim + 3
+    alpha: float
+    birth_death: str | None
+    bandwidth: float | str
+    penalty: Penalty | None
 
-    def columns(self) -> tuple[tuple[str, int], ...]:
-        cols = (("theta", self.dim), ("log_weight", 1), ("births", 1), ("deaths", 1))
-        return cols + ((("previous noise", self.dim),) if self.noise else ())
+
+class WFRState(NamedTuple):
+    """The state of a weighted run, every field per particle slot (a leading replicate axis
+    (R,) on each for R runs): ``theta`` (N, D); ``log_weight`` (N,), normalised so that
+    (1/N) Σ_i exp(log_weight_i) = 1 (all 0 under birth–death); ``clones`` and ``kills``
+    (N,): how many clone and kill events the particle in each slot has had so far (their
+    sums are the run's births and deaths); ``noise`` (N, D): the last Leimkuhler–Matthews
+    draw ξ_n at finite β, None at β = ∞."""
+
+    theta: Float[Array, "n d"]
+    log_weight: Float[Array, " n"]
+    clones: Int[Array, " n"]
+    kills: Int[Array, " n"]
+    noise: Float[Array, "n d"] | None
 
 
 def birth_death_events(key: PRNGKeyArray, delta: Float[Array, " n"], rate_step) -> tuple[Array, Array]:
@@ -175,10 +190,6 @@ class WFRStep(eqx.Module):
     # α = 0 is a different program (no rate), not a value of the same one
     reacts: bool = eqx.field(static=True, default=True)
 
-    @property
-    def layout(self) -> _Layout:
-        return _Layout(self.fe.dim, self.fe.finite_beta)
-
     def penalty_and_grad(self, theta):
         """((λ/q) Σ_k |θ_ik|^q, its gradient) over the penalised site's coordinates."""
         if self.penalty is None or self.penalty.lam == 0.0:
@@ -206,37 +217,33 @@ class WFRStep(eqx.Module):
                 rate = v + (kde_logdensity(theta, w, h) - logp) / fe.beta
         return rate - w @ rate, drift, f, w @ v
 
-    def __call__(self, key, t, y):
-        lay, h = self.layout, self.step_size
-        d = lay.dim
-        theta, lw, births, deaths = y[:, :d], y[:, d], y[:, d + 1], y[:, d + 2]
+    def __call__(self, key, t, state: WFRState) -> WFRState:
+        h = self.step_size
+        theta, lw, xi = state.theta, state.log_weight, None
         k_noise, k_event, k_resolve, k_prior = jax.random.split(key, 4)
         delta, drift, _, _ = self.rates(theta, None if self.birth_death else lw)
-        theta = theta + h * drift
-        if lay.noise:
-            xi_prev = y[:, d + 3:]
+        if state.noise is None:
+            theta = theta + h * drift
+        else:
             xi = jax.random.normal(k_noise, theta.shape, theta.dtype)
-            theta = theta + jnp.sqrt(2.0 * h / self.fe.beta) * 0.5 * (xi_prev + xi)
+            scale = jnp.sqrt(2.0 * h / self.fe.beta)
+            theta = leimkuhler_matthews_update(theta, h * drift, scale * state.noise, scale * xi)
         if self.birth_death is None:
             if self.reacts:  # at α = 0 the weights stay put even where Λ overflows (0·∞)
                 lw = _unit_mean_weights(lw - self.alpha * h * delta)
-            tail = [xi] if lay.noise else []
-            return jnp.concatenate([theta, lw[:, None], births[:, None], deaths[:, None], *tail], axis=1)
+            return state._replace(theta=theta, log_weight=lw, noise=xi)
         # the transport and rates stay split over devices; only the copy gathers
         theta, delta = hold_particle_axis(theta), hold_particle_axis(delta)
         kill, clone = birth_death_events(k_event, delta, self.alpha * h)
         source, fresh = _resolve_jumps(k_resolve, kill, clone, self.birth_death)
-        rows = jnp.concatenate([theta, xi], axis=1) if lay.noise else theta
-        rows = rows[source]
+        moved = jax.tree.map(lambda a: a[source], (theta, xi))
         if self.birth_death == "prior":
             k_theta, k_xi = jax.random.split(k_prior)
             new = self.fe.prior_sample(k_theta, theta.shape[0]).astype(theta.dtype)
-            if lay.noise:
-                new = jnp.concatenate([new, jax.random.normal(k_xi, new.shape, new.dtype)], axis=1)
-            rows = jnp.where(fresh[:, None], new, rows)
-        births = births + jnp.sum(clone).astype(y.dtype)
-        deaths = deaths + jnp.sum(kill).astype(y.dtype)
-        return jnp.concatenate([rows[:, :d], lw[:, None], births[:, None], deaths[:, None], rows[:, d:]], axis=1)
+            drawn = (new, None if xi is None else jax.random.normal(k_xi, new.shape, new.dtype))
+            moved = jax.tree.map(lambda a, b: jnp.where(fresh[:, None], a, b), drawn, moved)
+        return state._replace(theta=moved[0], noise=moved[1], clones=state.clones + clone.astype(state.clones.dtype),
+                              kills=state.kills + kill.astype(state.kills.dtype))
 
 
 class WFRObservables(eqx.Module):
@@ -246,14 +253,11 @@ class WFRObservables(eqx.Module):
     jumps discretise the rate only while it is well below 1), births and deaths (cumulative here; ``wfr`` reports
     them per save interval), mean_sq_norm, the law's moments (weighted), and with
     ``diagnostics`` kl_to_prior, free_energy and (finite β, birth–death) the Stein
-    residual of step k = t/dt0; plus the extras fn(Particles) -> scalar."""
+    residual (``stein_residual_at``); plus the extras fn(Particles) -> scalar: the
+    ``ObservableTail``."""
 
     step: WFRStep
-    diagnostics: bool = eqx.field(static=True)
-    moments: LawMoments
-    extra: tuple[tuple[str, Callable], ...] = eqx.field(static=True, default=())
-    diagnostic_ts: Array | None = None
-    diagnostic_tol: Array | float = 0.0
+    tail: ObservableTail
 
     def _diagnostic_names(self) -> tuple[str, ...]:
         stein = ("stein_residual", "stein_curvature") if self.step.fe.finite_beta and self.step.birth_death else ()
@@ -265,15 +269,13 @@ class WFRObservables(eqx.Module):
         out = {"kl_to_prior": kl_to_prior(measure, fe)}
         out["free_energy"] = energy + (0.0 if not fe.finite_beta else out["kl_to_prior"] / fe.beta)
         if fe.finite_beta and step.birth_death:
-            out["stein_residual"], out["stein_curvature"] = stein_residual_at_step(fe, measure.theta, t,
-                                                                                   step.step_size)
+            out["stein_residual"], out["stein_curvature"] = stein_residual_at(fe, measure.theta, t)
         return out
 
-    def __call__(self, t, y, args=None):
+    def __call__(self, t, state: WFRState, start=None):
         step, fe = self.step, self.step.fe
-        d = step.layout.dim
-        theta = y[:, :d]
-        lw = None if step.birth_death else y[:, d]
+        theta = state.theta
+        lw = None if step.birth_death else state.log_weight
         measure = Particles(theta, lw)
         w = measure.weights()
         delta, _, f, vbar = step.rates(theta, lw)
@@ -282,20 +284,15 @@ class WFRObservables(eqx.Module):
         jump_prob = jnp.minimum(1.0, step.alpha * step.step_size * jnp.max(jnp.abs(delta)))
         out = {"risk": risk, "energy": 0.5 * risk + w @ pv, "mean_potential": vbar, "max_jump_probability": jump_prob,
                "mean_rate_spread": w @ jnp.abs(delta), "effective_sample_size": measure.effective_sample_size(),
-               "births": y[0, d + 1], "deaths": y[0, d + 2], "mean_sq_norm": w @ jnp.sum(theta**2, axis=1)}
-        out.update(self.moments(theta, None if lw is None else w))
-        if self.diagnostics:
-            out.update(at_diagnostic_saves(lambda: self._diagnostics(t, measure, out["energy"]), t,
-                                           self.diagnostic_ts, self.diagnostic_tol, self._diagnostic_names(),
-                                           theta.dtype))
-        for name, fn in self.extra:
-            out[name] = fn(measure)
-        return out
+               "births": jnp.sum(state.clones).astype(theta.dtype), "deaths": jnp.sum(state.kills).astype(theta.dtype),
+               "mean_sq_norm": w @ jnp.sum(theta**2, axis=1)}
+        return self.tail(out, t, theta, None if lw is None else w, lambda: self._diagnostics(t, measure, out["energy"]),
+                         self._diagnostic_names(), measure)
 
 
-def _start_state(fe, key, particles0, layout: _Layout, batched: bool):
-    """(R,) N, W state from (R,) N, D particles: log-weights 0 (or those of a ``Particles``),
-    counters 0, and at finite β a first draw ξ_0 from ``fold_in(key, -1)``'s stream."""
+def _start_state(fe, key, particles0, batched: bool) -> WFRState:
+    """The ``WFRState`` of (R,) N, D particles: log-weights 0 (or those of a ``Particles``),
+    counts 0, and at finite β a first draw ξ_0 from ``fold_in(key, 2³¹ − 1)``."""
     theta = particles0.theta if isinstance(particles0, Particles) else particles0
     theta = jnp.asarray(theta, fe.x.dtype)
     lw = (jnp.zeros(theta.shape[:-1], theta.dtype) if not isinstance(particles0, Particles)
@@ -304,12 +301,13 @@ def _start_state(fe, key, particles0, layout: _Layout, batched: bool):
     if batched:
         theta = jnp.broadcast_to(theta, (key.shape[0],) + theta.shape[-2:])
         lw = jnp.broadcast_to(lw, theta.shape[:-1])
-    parts = [theta, lw[..., None], jnp.zeros(theta.shape[:-1] + (2,), theta.dtype)]
-    if layout.noise:
+    noise = None
+    if fe.finite_beta:
         def first(k):
             return jax.random.normal(jax.random.fold_in(k, 2**31 - 1), theta.shape[-2:], theta.dtype)
-        parts.append(jax.vmap(first)(key) if batched else first(key))
-    return jnp.concatenate(parts, axis=-1)
+        noise = jax.vmap(first)(key) if batched else first(key)
+    zeros = jnp.zeros(theta.shape[:-1], jnp.int32)
+    return WFRState(theta, lw, zeros, zeros, noise)
 
 
 def wfr(fe: FreeEnergy, key: PRNGKeyArray, particles0, *, t1: float, dt0: float, alpha: float,
@@ -406,36 +404,33 @@ def wfr(fe: FreeEnergy, key: PRNGKeyArray, particles0, *, t1: float, dt0: float,
     dtype = fe.x.dtype
     step = WFRStep(fe, jnp.asarray(float(dt0), dtype), jnp.asarray(alpha, dtype), birth_death,
                    None if bandwidth is None else jnp.asarray(bandwidth, dtype), penalty, alpha > 0)
-    layout = step.layout
     n = theta0.shape[-2]
-    y0 = _start_state(fe, key, particles0, layout, batched)
+    y0 = _start_state(fe, key, particles0, batched)
     sde = ParticleSDE(jump=step)
     run_ts = save_times(ts, float(t0), float(t1), float(dt0), jump_every=sde.jump_every)
     every = diagnostic_policy(diagnostics, run_ts, float(t0), float(t1), float(dt0), None, n, fe.num_data)
-    obs = WFRObservables(step, every > 0, LawMoments.of(fe.unit), tuple(sorted((observables or {}).items())),
-                         *diagnostic_gate(run_ts, every, float(dt0), theta0.dtype))
+    obs = WFRObservables(step, ObservableTail(LawMoments.of(fe.unit), diagnostic_gate(run_ts, every, float(dt0),
+                                                                                      theta0.dtype),
+                                              tuple(sorted((observables or {}).items()))))
     traj = drive(sde, key, y0, t0=float(t0), t1=float(t1), dt0=float(dt0), observables=obs,
                  ts=ts, progress=progress, checkpoint_every=checkpoint_every, checkpoint_path=checkpoint_path,
                  sharding=run_sharding(mesh, theta0),
                  run=Run(family="wfr", diagnostics_every=every,
-                         options=(("alpha", alpha), ("birth_death", str(birth_death)),
-                                  ("bandwidth", "silverman" if bandwidth is None else bandwidth))),
+                         options=WFROptions(alpha, birth_death, "silverman" if bandwidth is None else bandwidth,
+                                            penalty)),
                  stability_hint=lambda last: step_stability_hint(
-                     fe, (("at the last finite state", None if last is None else _last_measure(last, fe.dim, birth_death)),
+                     fe, (("at the last finite state", None if last is None else _measure(last, birth_death)),
                           ("at the start", jnp.reshape(theta0, (-1, n, fe.dim))[0])), float(dt0)),
-                 state_columns=layout.columns(),
-                 memory=particle_run_bytes(fe, layout.width),
-                 fingerprint=dict(data_fingerprint(fe), family="wfr", alpha=alpha, birth_death=str(birth_death),
-                                  bandwidth=repr(bandwidth), penalty=repr(penalty)))
-    traj = _weighted_trajectory(traj, layout, birth_death)
+                 memory=particle_run_bytes(fe, sum(RowLayout.of(y0, key.shape[0] if batched else None).widths)),
+                 fingerprint=data_fingerprint(fe))
+    traj = _weighted_trajectory(traj, birth_death)
     _warn_if_jumps_saturate(traj, birth_death)
     return traj
 
 
-def _last_measure(last, dim, birth_death):
-    """The weighted cloud of a last finite (N, width) state, for the stability hint."""
-    last = jnp.asarray(last)
-    return Particles(last[..., :dim], None if birth_death else last[..., dim])
+def _measure(state: WFRState, birth_death) -> Particles:
+    """The weighted cloud of a state (equally weighted under birth–death)."""
+    return Particles(state.theta, None if birth_death else state.log_weight)
 
 
 # Above this per-step kill/clone probability the jumps stop resolving the rate (a particle
@@ -456,10 +451,9 @@ def _warn_if_jumps_saturate(traj: Trajectory, birth_death) -> None:
                       "alpha.", RuntimeWarning, stacklevel=3)
 
 
-def _weighted_trajectory(traj: Trajectory, layout: _Layout, birth_death) -> Trajectory:
+def _weighted_trajectory(traj: Trajectory, birth_death) -> Trajectory:
     """The driver's trajectory with its state as ``Particles`` and per-save event counts."""
-    y, d = traj.particles, layout.dim
-    particles = Particles(y[..., :d], None if birth_death else y[..., d])
+    particles = _measure(traj.particles, birth_death)
     obs = dict(traj.observables)
     for name in ("births", "deaths"):
         if name in obs:
