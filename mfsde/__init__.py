@@ -29,9 +29,11 @@ from .diagnostics import (
 )
 from .dynamics import (
     DivergenceError,
+    GibbsFlow,
     LeimkuhlerMatthews,
     ParticleSDE,
     Trajectory,
+    ValueFunction,
     langevin,
     max_curvature,
     mckean_vlasov,
@@ -39,6 +41,7 @@ from .dynamics import (
     schrodinger_bridge,
     sgd,
     shard_particles,
+    value_function,
     wfr,
 )
 from .fixed_point import FixedPoint, GibbsNormalizer, gibbs_log_normalizer, sample_fixed_point, sample_gibbs
@@ -49,6 +52,7 @@ from .free_energy import FreeEnergy
 from .model import UnitModel, load_model
 from .particles import Particles
 from ._trajectory import Run
+from ._transport import CaffarelliBound, TransportMap, caffarelli_bound, potential_curvature, transport_map
 
 enable_compilation_cache()
 
@@ -57,4 +61,6 @@ __all__ = ["enable_compilation_cache", "new_programs", "sample_fixed_point", "ch
            "ParticlePosterior", "particle_logdensity", "stein_residual", "FreeEnergy", "Particles", "UnitModel", "load_model", "langevin", "LeimkuhlerMatthews",
            "overdispersed_starts", "max_curvature", "sgd", "shard_particles", "mckean_vlasov", "schrodinger_bridge", "wfr", "Trajectory", "Run", "DivergenceError",
            "ParticleSDE", "to_inference_data", "summary", "convergence", "equilibration", "stationarity", "kl_to_prior", "entropy_knn", "w2", "w2_gaussian", "w2_to_prior",
-           "w2_to_prior_bound", "save", "load", "plot_marginals", "plot_observables"]
+           "w2_to_prior_bound", "save", "load", "plot_marginals", "plot_observables",
+           "transport_map", "TransportMap", "caffarelli_bound", "CaffarelliBound", "potential_curvature",
+           "value_function", "ValueFunction", "GibbsFlow"]

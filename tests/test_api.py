@@ -89,6 +89,15 @@ def _table(fe, p0, pool, traj, idata):
         "overdispersed_starts": Entry(lambda k, p: mfsde.overdispersed_starts(fe, k, 2, 8),
                                       keys="one key makes all the replicates' starts", idata=True),
         "max_curvature": Entry(lambda k, p: mfsde.max_curvature(fe, p, k), keys="one power iteration"),
+        "transport_map": Entry(lambda k, p: mfsde.transport_map(fe, pool + jnp.mean(p), k),
+                               jit="Sinkhorn's convergence and the default epsilon are read on the host",
+                               keys="one prior sample is the map's source"),
+        "value_function": Entry(lambda k, p: mfsde.value_function(fe, fe.output(p), k, num_inner=4, samples=pool,
+                                                                  log_normalizer=0.0)(p, 0.5),
+                                keys="one set of inner draws, the same at every call"),
+        "potential_curvature": Entry(lambda k, p: mfsde.potential_curvature(fe, fe.output(p0), p)),
+        "caffarelli_bound": Entry(lambda k, p: mfsde.caffarelli_bound(fe, fe.output(p0), p),
+                                  jit="its bound is host arithmetic on the curvature's extremes"),
         "kl_to_prior": Entry(lambda k, p: mfsde.kl_to_prior(p, fe)),
         "entropy_knn": Entry(lambda k, p: mfsde.entropy_knn(p)),
         "w2_gaussian": Entry(lambda k, p: mfsde.w2_gaussian(p, pool)),
@@ -118,7 +127,7 @@ def _table(fe, p0, pool, traj, idata):
 
 
 # Result types and components: checked as pytrees through jit, not called.
-TYPES = {"Trajectory", "Run", "FixedPoint", "FixedPointCheck", "GibbsNormalizer", "ParticlePosterior", "SelfConsistency",
+TYPES = {"TransportMap", "CaffarelliBound", "ValueFunction", "GibbsFlow", "Trajectory", "Run", "FixedPoint", "FixedPointCheck", "GibbsNormalizer", "ParticlePosterior", "SelfConsistency",
          "SteinTest", "CurvatureDefect", "FreeEnergy", "UnitModel", "ParticleSDE", "LeimkuhlerMatthews", "Particles", "DivergenceError"}
 
 
@@ -134,7 +143,8 @@ _CALLED = [n for n in ("langevin", "sgd", "wfr", "mckean_vlasov", "schrodinger_b
                        "check_fixed_point", "sample_particle_posterior", "gibbs_log_normalizer", "stein_residual",
                        "curvature_defect", "particle_logdensity", "self_consistency", "overdispersed_starts", "max_curvature",
                        "kl_to_prior", "entropy_knn", "w2_gaussian", "w2_to_prior_bound", "w2", "w2_to_prior",
-                       "to_inference_data", "summary", "convergence", "equilibration", "stationarity", "stein_test")]
+                       "to_inference_data", "summary", "convergence", "equilibration", "stationarity", "stein_test",
+                       "transport_map", "value_function", "potential_curvature", "caffarelli_bound")]
 
 
 _RESULTS = {}  # eager results, reused by test_results_are_pytrees

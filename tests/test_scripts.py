@@ -62,6 +62,7 @@ def test_tzen_raginsky_bench_smoke(scripts):
     res = scripts.run(["bench/tzen_raginsky.py", "--smoke"])
     assert res.returncode == 0, res.stdout + res.stderr
     assert "bridge/langevin" in res.stdout and "peak memory" in res.stdout
+    assert "transport map" in res.stdout and "value function" in res.stdout
 
 
 @pytest.mark.bench

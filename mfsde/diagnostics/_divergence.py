@@ -25,6 +25,7 @@ from jaxtyping import Array, Float, PRNGKeyArray
 from .. import _checks
 from .._blocks import row_blocks, unblock
 from .._memory import available_bytes
+from .._ott import ott_modules
 from .._keys import single_key
 from ..particles import Particles, as_measure
 
@@ -190,29 +191,6 @@ def w2(p, q, method: str = "auto", reg: float | None = None) -> float:
     raise ValueError(f"method must be 'auto', 'exact' or 'sinkhorn', got {method!r}")
 
 
-def _ott():
-    """ott-jax's Sinkhorn pieces, imported on first use.
-
-    Its online point clouds (``batch_size=``) flatten their arguments with
-    ``jax.interpreters.batching.is_vmappable``, which jax removed in 0.9 (ott-jax/ott#700;
-    the 0.6.0 release still calls it). Since 0.9 no type is custom-vmappable, so the removed
-    predicate is the constant False, and that is what is restored while it is missing.
-    """
-    from jax.interpreters import batching
-
-    if not hasattr(batching, "is_vmappable"):
-        batching.is_vmappable = lambda x: False
-    with warnings.catch_warnings():
-        # ott-jax imports jaxopt, which warns that it is unmaintained; nothing here uses it
-        warnings.filterwarnings("ignore", "JAXopt is no longer maintained", DeprecationWarning)
-        from ott.geometry import pointcloud
-        from ott.initializers.linear import initializers
-        from ott.solvers import linear
-        from ott.solvers.linear import acceleration
-
-    return pointcloud, linear, acceleration, initializers
-
-
 def _online_rows(n: int, m: int) -> int | None:
     """Rows per block of an online point cloud, or None (dense) up to ``_OT_DENSE_MAX_PAIRS``
     pairs when ``_OT_DENSE_COPIES`` float32 (n, m) arrays take at most half of the memory."""
@@ -241,7 +219,8 @@ def _plan_cost(f, g, x, y, eps, block_rows: int):
 @functools.partial(jax.jit, static_argnames=("online_rows",))
 def _sinkhorn_terms(x, a, y, b, eps, online_rows: int | None):
     """(S_ε, converged) of the three ott-jax Sinkhorn problems (x, y), (x, x), (y, y)."""
-    pointcloud, linear, acceleration, initializers = _ott()
+    ott = ott_modules()
+    pointcloud, linear, acceleration, initializers = ott.pointcloud, ott.linear, ott.acceleration, ott.initializers
     kw = dict(threshold=_SINKHORN_THRESHOLD, max_iterations=_SINKHORN_MAX_ITER)
     # Feydy et al.'s symmetric updates for the self terms, as ott's sinkhorn_divergence does
     self_kw = dict(kw, parallel_dual_updates=True, momentum=acceleration.Momentum(start=0, value=0.5))

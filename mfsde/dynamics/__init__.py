@@ -9,8 +9,8 @@ from ._stability import max_curvature
 from ._starts import overdispersed_starts
 from ._wfr import (Penalty, WFRObservables, WFROptions, WFRState, WFRStep, birth_death_events, kde_logdensity,
                    silverman_bandwidth, wfr)
-from ._tzen_raginsky import (BridgeDrift, BridgeOptions, ControlledState, GreedyDrift, gaussian_prior, mckean_vlasov,
-                             schrodinger_bridge, time_grid)
+from ._tzen_raginsky import (BridgeDrift, BridgeOptions, ControlledState, GibbsFlow, GreedyDrift, ValueFunction,
+                             gaussian_prior, mckean_vlasov, schrodinger_bridge, time_grid, value_function)
 
 __all__ = [
     # the driver and what it takes and returns
@@ -22,5 +22,5 @@ __all__ = [
     "wfr", "WFRStep", "WFRObservables", "WFRState", "WFROptions", "Penalty", "birth_death_events", "kde_logdensity",
     "silverman_bandwidth",
     "mckean_vlasov", "schrodinger_bridge", "GreedyDrift", "BridgeDrift", "ControlledState", "BridgeOptions",
-    "gaussian_prior", "time_grid",
+    "value_function", "ValueFunction", "GibbsFlow", "gaussian_prior", "time_grid",
 ]

@@ -41,7 +41,7 @@ import numpy as np
 from jax.sharding import Mesh
 from jaxtyping import Array, Float, PRNGKeyArray
 
-from .._checks import finite, positive_int
+from .._checks import finite, is_traced, particle_array, positive_int
 from ..fixed_point import FixedPoint, gibbs_log_normalizer, sample_gibbs
 from ..free_energy import FreeEnergy
 from .._memory import particle_run_bytes
@@ -51,12 +51,12 @@ from ._core import Trajectory, drive
 from ._engine import num_fixed_steps
 from ._saves import default_save_steps
 from ._sde import ParticleSDE
-from .._keys import as_keys
+from .._keys import as_keys, single_key
 from .._blocks import row_blocks, unblock
 from .._trajectory import Run
 
-__all__ = ["mckean_vlasov", "schrodinger_bridge", "gaussian_prior", "time_grid", "BridgeOptions", "ControlledState",
-           "GreedyDrift", "BridgeDrift"]
+__all__ = ["mckean_vlasov", "schrodinger_bridge", "value_function", "ValueFunction", "GibbsFlow", "gaussian_prior",
+           "time_grid", "BridgeOptions", "ControlledState", "GreedyDrift", "BridgeDrift"]
 
 
 class BridgeOptions(NamedTuple):
@@ -129,6 +129,26 @@ def _step_key(key, t):
     return jax.random.fold_in(key, bits)
 
 
+class GibbsFlow(NamedTuple):
+    """The Gibbs flow Q_{w,t}(dv) ∝ N(v; w, (1 − t)Σ) e^{−βΨ(v; ρ*)} at n points w, by the
+    bridge's inner Monte Carlo (``BridgeDrift``); each field per point:
+
+    - ``log_h`` (n,): log h(w, t), h = ∫ N(v; w, (1 − t)Σ) e^{−βΨ(v; ρ*)} dv
+      = E[e^{−βΨ(B_1; ρ*)} | B_t = w] (B with covariance Σ per unit time); the log of an
+      unbiased estimate, so biased down by about its relative variance / 2;
+    - ``control`` (n, D): u*(w, t) = −βΣ E_Q[∇Ψ(v; ρ*)] = −Σ∇V*(w, t);
+    - ``spread`` (n,): E_Q‖v − w‖², which Tzen–Raginsky bound by κ(β_TR + τd)(1 − t);
+    - ``greedy_gap`` (n,): ‖E_Q[∇Ψ(v; ρ*)] − ∇Ψ(w; ρ*)‖, what the greedy SDE drops;
+    - ``ess`` (n,): the inner effective sample size, summed over the two halves.
+    """
+
+    log_h: Float[Array, " n"]
+    control: Float[Array, "n d"]
+    spread: Float[Array, " n"]
+    greedy_gap: Float[Array, " n"]
+    ess: Float[Array, " n"]
+
+
 class BridgeDrift(eqx.Module):
     """(û*, ½ û_a·Σ^{-1}û_b) with û* = (û_a + û_b)/2, two independent importance-sampling
     estimates of the optimal control from num_inner/2 draws each.
@@ -149,9 +169,10 @@ class BridgeDrift(eqx.Module):
     num_pool: int = eqx.field(static=True)
     particle_chunk: int = eqx.field(static=True)
 
-    def _estimate_chunk(self, s2, w, key):
-        # Two independent half-estimates: their mean drives W, their inner product gives an
-        # unbiased ‖Σ^{-1/2}u‖² (the square of one estimate is biased up by its variance).
+    def _weights_chunk(self, s2, w, key):
+        # Q_{w,t}'s self-normalised importance weights (n, 2, m) in two independent halves,
+        # with the draws v, the log weights log ω = log[N(v; w, s2 Σ) e^{−βΨ(v)} / q(v)]
+        # (E_q ω = h(w, t), q the proposals' mixture), ∇Ψ(v) and ∇Ψ(w).
         fe, beta, var, m_g, m_r = self.fe, self.fe.beta, self.prior_var, self.num_gaussian, self.num_pool
         n, d = w.shape
         _, grad_w = fe.potential_and_grad(w, self.output)
@@ -178,18 +199,43 @@ class BridgeDrift(eqx.Module):
             log_q.append(math.log(m_r / m) + log_normal(v, self.prior_mean, var) - beta * psi - self.log_z)
         log_w = log_target - jax.nn.logsumexp(jnp.stack(log_q), axis=0)
         weights = jax.nn.softmax(log_w, axis=2)                              # (n, 2, m)
+        return v, log_w, weights, grad, grad_w
+
+    def _estimate_chunk(self, s2, w, key):
+        # Two independent half-estimates: their mean drives W, their inner product gives an
+        # unbiased ‖Σ^{-1/2}u‖² (the square of one estimate is biased up by its variance).
+        beta, var = self.fe.beta, self.prior_var
+        _, _, weights, grad, _ = self._weights_chunk(s2, w, key)
         halves = -beta * var * jnp.einsum("nhj,nhjd->nhd", weights, grad)    # (n, 2, D)
         rate = 0.5 * jnp.sum(halves[:, 0] * halves[:, 1] / var, axis=1)
         ess = jnp.sum(1.0 / jnp.sum(weights**2, axis=2), axis=1)
         return halves.mean(1), rate, ess
 
-    def estimate(self, t, w: Float[Array, "n d"], key: PRNGKeyArray
-                 ) -> tuple[Float[Array, "n d"], Float[Array, " n"], Float[Array, " n"]]:
-        """(û*(w_i, t), unbiased estimate of ½‖Σ^{-1/2}u*‖², inner ESS) for each particle."""
+    def _gibbs_flow_chunk(self, s2, w, key):
+        v, log_w, weights, grad, grad_w = self._weights_chunk(s2, w, key)
+        n, halves, m = log_w.shape
+        log_h = jax.nn.logsumexp(log_w.reshape(n, -1), axis=1) - math.log(halves * m)
+        spread = jnp.einsum("nhj,nhj->n", weights, jnp.sum((v - w[:, None, None]) ** 2, axis=-1)) / halves
+        mean_grad = jnp.einsum("nhj,nhjd->nd", weights, grad) / halves
+        ess = jnp.sum(1.0 / jnp.sum(weights**2, axis=2), axis=1)
+        return GibbsFlow(log_h, -self.fe.beta * self.prior_var * mean_grad, spread,
+                         jnp.linalg.norm(mean_grad - grad_w, axis=1), ess)
+
+    def _by_chunks(self, chunk_fn, t, w, key):
         s2 = jnp.maximum(1.0 - jnp.asarray(t, w.dtype), _MIN_REMAINING_TIME)
         blocks, _ = row_blocks(w, self.particle_chunk)
         keys = jax.random.split(key, blocks.shape[0])
-        return unblock(jax.lax.map(lambda a: self._estimate_chunk(s2, a[0], a[1]), (blocks, keys)), w.shape[0])
+        return unblock(jax.lax.map(lambda a: chunk_fn(s2, a[0], a[1]), (blocks, keys)), w.shape[0])
+
+    def estimate(self, t, w: Float[Array, "n d"], key: PRNGKeyArray
+                 ) -> tuple[Float[Array, "n d"], Float[Array, " n"], Float[Array, " n"]]:
+        """(û*(w_i, t), unbiased estimate of ½‖Σ^{-1/2}u*‖², inner ESS) for each particle."""
+        return self._by_chunks(self._estimate_chunk, t, w, key)
+
+    def gibbs_flow(self, t, w: Float[Array, "n d"], key: PRNGKeyArray) -> GibbsFlow:
+        """The Gibbs flow Q_{w_i,t} at each point from the inner draws of ``estimate``, the
+        two halves pooled (``GibbsFlow``)."""
+        return self._by_chunks(self._gibbs_flow_chunk, t, w, key)
 
     def __call__(self, t, state: ControlledState, args=None) -> ControlledState:
         u, rate, _ = self.estimate(t, state.w, _step_key(self.key, t))
@@ -199,8 +245,10 @@ class BridgeDrift(eqx.Module):
 class TzenRaginskyObservables(eqx.Module):
     """risk R(ρ^N_t), control_cost (mean accumulated ½∫‖Σ^{-1/2}u‖²) and its s.e. over the
     particles (control_cost_se), total_cost
-    = control_cost + (β/2) risk (J at t = 1); for the bridge also the inner ESS (mean and
-    min over the first ``num_ess`` particles, with fresh inner draws)."""
+    = control_cost + (β/2) risk (J at t = 1); for the bridge also, over the first
+    ``num_ess`` particles with fresh inner draws, the inner ESS (mean and min), and the Gibbs
+    flow's mean spread E_Q‖v − W_t‖² (gibbs_spread) and greedy gap
+    ‖E_Q∇Ψ − ∇Ψ(W_t)‖ (greedy_gap; ``GibbsFlow``)."""
 
     fe: FreeEnergy
     drift: BridgeDrift | None = None
@@ -212,9 +260,11 @@ class TzenRaginskyObservables(eqx.Module):
                "control_cost_se": jnp.std(cost) / math.sqrt(cost.shape[0])}
         out["total_cost"] = out["control_cost"] + 0.5 * self.fe.beta * out["risk"]
         if self.drift is not None:
-            _, _, ess = self.drift.estimate(t, w[: self.num_ess], jax.random.fold_in(_step_key(self.drift.key, t), 1))
-            out["inner_ess"] = jnp.mean(ess)
-            out["inner_ess_min"] = jnp.min(ess)
+            flow = self.drift.gibbs_flow(t, w[: self.num_ess], jax.random.fold_in(_step_key(self.drift.key, t), 1))
+            out["inner_ess"] = jnp.mean(flow.ess)
+            out["inner_ess_min"] = jnp.min(flow.ess)
+            out["gibbs_spread"] = jnp.mean(flow.spread)
+            out["greedy_gap"] = jnp.mean(flow.greedy_gap)
         return out
 
 
@@ -348,6 +398,53 @@ def mckean_vlasov(fe: FreeEnergy, key: PRNGKeyArray, num_particles: int, *, dt0:
                                    {}, Run(family="mckean_vlasov"), mesh=mesh)
 
 
+def _bridge_drift(fe: FreeEnergy, fixed_point_or_output, key: PRNGKeyArray, num_inner: int, estimator: str,
+                  samples: Array | None, log_normalizer: float | None, particle_chunk: int | str
+                  ) -> tuple[BridgeDrift, float]:
+    """The bridge's inner estimator for ρ* given as a ``FixedPoint`` or its output f* (P,):
+    its pool of ρ* draws (``samples``, the FixedPoint's, else NUTS on G[f*]) and log Z
+    (``log_normalizer``, else tempered SMC) from one key's first two splits; its own key is
+    a placeholder that each caller replaces. Returns it and log Z as a float (0: none)."""
+    _check_fe(fe)
+    if estimator not in ESTIMATORS:
+        raise ValueError(f"estimator must be one of {ESTIMATORS}, got {estimator!r}")
+    smallest = 4 if estimator == "mis" else 2
+    if not (isinstance(num_inner, (int, np.integer)) and num_inner >= smallest and num_inner % smallest == 0):
+        raise ValueError(f"num_inner must be a multiple of {smallest} (two halves{' of two proposals' if smallest == 4 else ''})"
+                         f" for estimator {estimator!r}, got {num_inner!r}")
+    mean, var = gaussian_prior(fe)
+    dtype = fe.x.dtype
+    k_pool, k_z, _, _ = jax.random.split(key, 4)
+    if isinstance(fixed_point_or_output, FixedPoint):
+        output = jnp.asarray(fixed_point_or_output.output, dtype)
+        if samples is None:
+            samples = fixed_point_or_output.samples
+    else:
+        output = jnp.asarray(fixed_point_or_output, dtype)
+    output = fe._check_output(output)
+    half = num_inner // 2
+    n_g = {"mis": half // 2, "gaussian": half, "fixed_point": 0}[estimator]
+    n_r = half - n_g
+    if n_r and samples is None:
+        init = fe.prior_sample(k_pool, 4)
+        samples = sample_gibbs(fe, jax.random.fold_in(k_pool, 1), output, init, num_samples=1000).samples
+    pool = jnp.zeros((1, fe.dim), dtype) if samples is None else jnp.asarray(samples, dtype).reshape(-1, fe.dim)
+    if pool.shape[-1] != fe.dim:
+        raise ValueError(f"samples of ρ* must have last axis D = {fe.dim}, got shape {pool.shape}")
+    finite("samples", pool)
+    if n_r and n_g and log_normalizer is None:
+        log_normalizer = gibbs_log_normalizer(fe, k_z, output, samples=pool).log_z
+    log_z_value = 0.0 if log_normalizer is None else float(log_normalizer)
+    if particle_chunk == "auto":
+        cap = _INNER_POINTS_CPU if jax.default_backend() == "cpu" else _INNER_POINTS_ACCEL
+        particle_chunk = max(1, cap // num_inner)
+    if not (isinstance(particle_chunk, (int, np.integer)) and particle_chunk >= 1):
+        raise ValueError(f"particle_chunk must be a positive integer or 'auto', got {particle_chunk!r}")
+    drift = BridgeDrift(fe, output, pool, jnp.asarray(log_z_value, dtype), jnp.asarray(mean, dtype),
+                        jnp.asarray(var, dtype), jax.random.key(0), n_g, n_r, int(particle_chunk))
+    return drift, log_z_value
+
+
 def schrodinger_bridge(fe: FreeEnergy, fixed_point_or_output, key: PRNGKeyArray, num_particles: int, *,
                        dt0: float = 0.01, num_inner: int = 32, estimator: str = "mis", samples: Array | None = None,
                        log_normalizer: float | None = None, ts: Array | None = None,
@@ -393,7 +490,7 @@ def schrodinger_bridge(fe: FreeEnergy, fixed_point_or_output, key: PRNGKeyArray,
 
     Returns:
         ``Trajectory``: particles W_1 (N, D); observables risk, control_cost, total_cost,
-        inner_ess (mean) and inner_ess_min at ``ts``.
+        inner_ess (mean), inner_ess_min, gibbs_spread and greedy_gap at ``ts``.
 
     Examples:
         >>> import jax, jax.numpy as jnp, mfsde
@@ -406,45 +503,12 @@ def schrodinger_bridge(fe: FreeEnergy, fixed_point_or_output, key: PRNGKeyArray,
     """
 
     _check_fe(fe)
-    if estimator not in ESTIMATORS:
-        raise ValueError(f"estimator must be one of {ESTIMATORS}, got {estimator!r}")
-    smallest = 4 if estimator == "mis" else 2
-    if not (isinstance(num_inner, (int, np.integer)) and num_inner >= smallest and num_inner % smallest == 0):
-        raise ValueError(f"num_inner must be a multiple of {smallest} (two halves{' of two proposals' if smallest == 4 else ''})"
-                         f" for estimator {estimator!r}, got {num_inner!r}")
     key, batched = as_keys(key)
     mean, var = gaussian_prior(fe)
-    dtype = fe.x.dtype
     # replicates share the pool of ρ* draws and log Z, made from the first key
-    k_pool, k_z, k_inner, k_bm = jax.random.split(key[0] if batched else key, 4)
-    if isinstance(fixed_point_or_output, FixedPoint):
-        output = jnp.asarray(fixed_point_or_output.output, dtype)
-        if samples is None:
-            samples = fixed_point_or_output.samples
-    else:
-        output = jnp.asarray(fixed_point_or_output, dtype)
-    output = fe._check_output(output)
-    half = num_inner // 2
-    n_g = {"mis": half // 2, "gaussian": half, "fixed_point": 0}[estimator]
-    n_r = half - n_g
-    if n_r and samples is None:
-        init = fe.prior_sample(k_pool, 4)
-        samples = sample_gibbs(fe, jax.random.fold_in(k_pool, 1), output, init, num_samples=1000).samples
-    pool = jnp.zeros((1, fe.dim), dtype) if samples is None else jnp.asarray(samples, dtype).reshape(-1, fe.dim)
-    if pool.shape[-1] != fe.dim:
-        raise ValueError(f"samples of ρ* must have last axis D = {fe.dim}, got shape {pool.shape}")
-    finite("samples", pool)
-    if n_r and n_g and log_normalizer is None:
-        log_normalizer = gibbs_log_normalizer(fe, k_z, output, samples=pool).log_z
-    log_z_value = 0.0 if log_normalizer is None else float(log_normalizer)
-    log_z = jnp.asarray(log_z_value, dtype)
-    if particle_chunk == "auto":
-        cap = _INNER_POINTS_CPU if jax.default_backend() == "cpu" else _INNER_POINTS_ACCEL
-        particle_chunk = max(1, cap // num_inner)
-    if not (isinstance(particle_chunk, (int, np.integer)) and particle_chunk >= 1):
-        raise ValueError(f"particle_chunk must be a positive integer or 'auto', got {particle_chunk!r}")
-    drift = BridgeDrift(fe, output, pool, log_z, jnp.asarray(mean, dtype), jnp.asarray(var, dtype),
-                        jax.random.key(0), n_g, n_r, int(particle_chunk))  # its key: each replicate's own
+    drift, log_z_value = _bridge_drift(fe, fixed_point_or_output, key[0] if batched else key, num_inner, estimator,
+                                       samples, log_normalizer, particle_chunk)
+    output, pool = drift.output, drift.pool
 
     fingerprint = {}
     if checkpoint_path is not None:
@@ -453,5 +517,79 @@ def schrodinger_bridge(fe: FreeEnergy, fixed_point_or_output, key: PRNGKeyArray,
                                    checkpoint_every, checkpoint_path, fingerprint,
                                    Run(family="schrodinger_bridge",
                                        options=BridgeOptions(estimator, int(num_inner), log_z_value)),
-                                   inner_bytes=lambda n: _inner_block_bytes(fe, min(n, int(particle_chunk)) * num_inner),
+                                   inner_bytes=lambda n: _inner_block_bytes(fe, min(n, drift.particle_chunk) * num_inner),
                                    mesh=mesh)
+
+
+@eqx.filter_jit
+def _gibbs_flow(drift: BridgeDrift, w, t, key) -> GibbsFlow:
+    return drift.gibbs_flow(t, w, key)
+
+
+class ValueFunction(eqx.Module):
+    """Tzen–Raginsky's value function of the bridge, in mfsde's convention (π₀ = N(m, Σ)):
+
+        V*(w, t) = −log h(w, t),   h(w, t) = E[exp(−βΨ(B_1; ρ*)) | B_t = w],
+
+    B a Brownian motion with covariance Σ per unit time (B_1 | B_t = w ~ N(w, (1 − t)Σ)).
+    h solves the backward heat equation ∂_t h + ½ tr(Σ∇²h) = 0, so
+
+        u*(w, t) = Σ∇log h = −Σ∇V*,   V*(w, 1) = βΨ(w; ρ*),
+        ∂_t V* + ½ tr(Σ∇²V*) − ½ ∇V*ᵀ Σ ∇V* = 0   (HJB).
+
+    Tzen–Raginsky's V (their prior N(0, τI), their β_TR = τβ) is τV*: multiplying by τ
+    gives their (1b), ∂_t V = −(τ/2)ΔV + ½‖∇V‖², and V(w, 1) = β_TR Ψ(w; ρ*).
+
+    ``V(w, t)`` (w (n, D), t a scalar in [0, 1]) is V* at each point, ``V.control(w, t)``
+    u* (n, D), ``V.gibbs_flow(w, t)`` the ``GibbsFlow`` of Q_{w,t}. All are the bridge's
+    inner Monte Carlo (``BridgeDrift``) with the same draws at every call unless a ``key``
+    is given: a smooth function of (w, t), so its finite differences and autodiff are
+    those of one fixed estimator, not of fresh noise. log h is the log of an unbiased
+    estimate: V* is biased up by about half the relative variance of ĥ (``GibbsFlow``).
+    """
+
+    drift: BridgeDrift
+
+    def gibbs_flow(self, w: Float[Array, "n d"], t, key: PRNGKeyArray | None = None) -> GibbsFlow:
+        w = particle_array("w", w, self.drift.fe.dim)
+        if not is_traced(t) and not 0.0 <= float(t) <= 1.0:
+            raise ValueError(f"t must be in [0, 1], got {t!r}")
+        key = self.drift.key if key is None else single_key(key)
+        return _gibbs_flow(self.drift, w, jnp.asarray(t, w.dtype), key)
+
+    def __call__(self, w: Float[Array, "n d"], t, key: PRNGKeyArray | None = None) -> Float[Array, " n"]:
+        return -self.gibbs_flow(w, t, key).log_h
+
+    def control(self, w: Float[Array, "n d"], t, key: PRNGKeyArray | None = None) -> Float[Array, "n d"]:
+        return self.gibbs_flow(w, t, key).control
+
+
+def value_function(fe: FreeEnergy, fixed_point_or_output, key: PRNGKeyArray, *, num_inner: int = 256,
+                   estimator: str = "mis", samples: Array | None = None, log_normalizer: float | None = None,
+                   particle_chunk: int | str = "auto") -> ValueFunction:
+    """The bridge's value function V*(w, t) = −log E[e^{−βΨ(B_1; ρ*)} | B_t = w] and its
+    Gibbs flow Q_{w,t} (``ValueFunction``), by the inner Monte Carlo of
+    ``schrodinger_bridge`` with ``num_inner`` draws per point.
+
+    Args:
+        fe: free energy with a Gaussian prior with independent coordinates; finite β.
+        fixed_point_or_output, samples, log_normalizer, estimator, particle_chunk: as for
+            ``schrodinger_bridge`` (the pool of ρ* draws and log Z; "mis" and "gaussian"
+            estimate h itself, "fixed_point" needs ``log_normalizer`` for it).
+        key: one PRNG key: the pool and log Z if they are made, and the inner draws.
+
+    Examples:
+        >>> import jax, jax.numpy as jnp, mfsde
+        >>> lg = mfsde.load_model("linear_gaussian")      # linear units: a closed-form fixed point
+        >>> fe = lg.free_energy(num_data=64, dim=2, beta=4.0)
+        >>> m_star = lg.fixed_point_mean(fe.x, fe.y, 4.0)             # rho* = N(m*, I), u* = m*
+        >>> V = mfsde.value_function(fe, fe.x @ m_star, jax.random.key(0), estimator="gaussian")
+        >>> bool(jnp.allclose(V.control(jnp.zeros((3, 2)), 0.5), m_star, atol=1e-5))
+        True
+    """
+    key = single_key(key, replicates="one value function")
+    if estimator == "fixed_point" and log_normalizer is None:
+        raise ValueError("the value function needs h itself: with estimator='fixed_point' pass log_normalizer")
+    drift, _ = _bridge_drift(fe, fixed_point_or_output, key, num_inner, estimator, samples, log_normalizer,
+                             particle_chunk)
+    return ValueFunction(eqx.tree_at(lambda d: d.key, drift, jax.random.split(key, 4)[2]))
