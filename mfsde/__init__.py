@@ -52,6 +52,7 @@ from .free_energy import FreeEnergy
 from .model import UnitModel, load_model
 from .particles import Particles
 from ._trajectory import Run
+from ._certificate import OptimalityCertificate, optimality_certificate
 from ._transport import CaffarelliBound, TransportMap, caffarelli_bound, potential_curvature, transport_map
 
 enable_compilation_cache()
@@ -63,4 +64,4 @@ __all__ = ["enable_compilation_cache", "new_programs", "sample_fixed_point", "ch
            "ParticleSDE", "to_inference_data", "summary", "convergence", "equilibration", "stationarity", "kl_to_prior", "entropy_knn", "w2", "w2_gaussian", "w2_to_prior",
            "w2_to_prior_bound", "save", "load", "plot_marginals", "plot_observables",
            "transport_map", "TransportMap", "caffarelli_bound", "CaffarelliBound", "potential_curvature",
-           "value_function", "ValueFunction", "GibbsFlow"]
+           "value_function", "ValueFunction", "GibbsFlow", "optimality_certificate", "OptimalityCertificate"]

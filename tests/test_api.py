@@ -95,6 +95,10 @@ def _table(fe, p0, pool, traj, idata):
         "value_function": Entry(lambda k, p: mfsde.value_function(fe, fe.output(p), k, num_inner=4, samples=pool,
                                                                   log_normalizer=0.0)(p, 0.5),
                                 keys="one set of inner draws, the same at every call"),
+        "optimality_certificate": Entry(lambda k, p: mfsde.optimality_certificate(fe, k, p, num_smc_runs=2,
+                                                                                  num_smc_particles=64),
+                                        jit="log Z is adaptive tempered SMC, which picks its temperatures on the host",
+                                        keys="its num_smc_runs SMC runs are drawn from one key"),
         "potential_curvature": Entry(lambda k, p: mfsde.potential_curvature(fe, fe.output(p0), p)),
         "caffarelli_bound": Entry(lambda k, p: mfsde.caffarelli_bound(fe, fe.output(p0), p),
                                   jit="its bound is host arithmetic on the curvature's extremes"),
@@ -127,7 +131,7 @@ def _table(fe, p0, pool, traj, idata):
 
 
 # Result types and components: checked as pytrees through jit, not called.
-TYPES = {"TransportMap", "CaffarelliBound", "ValueFunction", "GibbsFlow", "Trajectory", "Run", "FixedPoint", "FixedPointCheck", "GibbsNormalizer", "ParticlePosterior", "SelfConsistency",
+TYPES = {"OptimalityCertificate", "TransportMap", "CaffarelliBound", "ValueFunction", "GibbsFlow", "Trajectory", "Run", "FixedPoint", "FixedPointCheck", "GibbsNormalizer", "ParticlePosterior", "SelfConsistency",
          "SteinTest", "CurvatureDefect", "FreeEnergy", "UnitModel", "ParticleSDE", "LeimkuhlerMatthews", "Particles", "DivergenceError"}
 
 
@@ -144,7 +148,8 @@ _CALLED = [n for n in ("langevin", "sgd", "wfr", "mckean_vlasov", "schrodinger_b
                        "curvature_defect", "particle_logdensity", "self_consistency", "overdispersed_starts", "max_curvature",
                        "kl_to_prior", "entropy_knn", "w2_gaussian", "w2_to_prior_bound", "w2", "w2_to_prior",
                        "to_inference_data", "summary", "convergence", "equilibration", "stationarity", "stein_test",
-                       "transport_map", "value_function", "potential_curvature", "caffarelli_bound")]
+                       "transport_map", "value_function", "potential_curvature", "caffarelli_bound",
+                       "optimality_certificate")]
 
 
 _RESULTS = {}  # eager results, reused by test_results_are_pytrees

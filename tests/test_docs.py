@@ -17,7 +17,7 @@ import mfsde
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 # Result types and solver components: documented by the functions that make them.
-_NO_EXAMPLE = {"TransportMap", "CaffarelliBound", "ValueFunction", "GibbsFlow", "CurvatureDefect", "FixedPoint", "FixedPointCheck", "GibbsNormalizer", "ParticlePosterior",
+_NO_EXAMPLE = {"OptimalityCertificate", "TransportMap", "CaffarelliBound", "ValueFunction", "GibbsFlow", "CurvatureDefect", "FixedPoint", "FixedPointCheck", "GibbsNormalizer", "ParticlePosterior",
                "SelfConsistency", "SteinTest", "Trajectory", "Run", "DivergenceError", "ParticleSDE", "LeimkuhlerMatthews",
                "UnitModel"}
 

@@ -74,11 +74,11 @@ def test_weighted_knn_kl_matches_the_gaussian_closed_form(lin):
     # t_i the per-point terms; plus 0.03 nats for the k-NN bias (below 0.02 at D = 2, N = 2000
     # for the unweighted estimator, test_diagnostics)
     w = np.asarray(cloud.weights())
-    from mfsde.diagnostics._divergence import _knn_log_distances
+    from mfsde.diagnostics._divergence import knn_log_distances
 
     from jax.scipy.special import digamma
 
-    log_q = digamma(1.0) - digamma(float(n)) - math.log(math.pi) - 2 * np.asarray(_knn_log_distances(theta, 1))
+    log_q = digamma(1.0) - digamma(float(n)) - math.log(math.pi) - 2 * np.asarray(knn_log_distances(theta, 1))
     terms = np.log(n * w) + log_q - np.asarray(fe.prior_logdensity(theta))
     np.testing.assert_allclose(np.sum(w * terms), kl, rtol=1e-10)
     se = math.sqrt(np.sum(w**2 * (terms - kl) ** 2))

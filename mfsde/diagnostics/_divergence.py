@@ -47,7 +47,7 @@ _SINKHORN_THRESHOLD = 1e-3  # ott's stopping rule: ‖P1 − a‖₁ + ‖Pᵀ1 
 _SINKHORN_MAX_ITER = 5000
 
 
-def _knn_log_distances(x: Float[Array, "n d"], k: int) -> Float[Array, " n"]:
+def knn_log_distances(x: Float[Array, "n d"], k: int) -> Float[Array, " n"]:
     """log of each point's distance to its k-th nearest other point, O(chunk · N) memory."""
     n = x.shape[0]
     sq = jnp.sum(x * x, axis=1)
@@ -88,7 +88,7 @@ def entropy_knn(x: Float[Array, "n d"], k: int = 1) -> Float[Array, ""]:
         raise ValueError(f"x has {n} points: entropy_knn needs more than k = {k} (a k-th nearest neighbour)")
     _checks.finite("x", x)
     log_vd = 0.5 * d * math.log(math.pi) - gammaln(0.5 * d + 1.0)
-    return digamma(float(n)) - digamma(float(k)) + log_vd + d * jnp.mean(_knn_log_distances(x, k))
+    return digamma(float(n)) - digamma(float(k)) + log_vd + d * jnp.mean(knn_log_distances(x, k))
 
 
 def kl_to_prior(particles: Float[Array, "n d"] | Particles, fe, k: int = 1) -> Float[Array, ""]:
@@ -121,7 +121,7 @@ def kl_to_prior(particles: Float[Array, "n d"] | Particles, fe, k: int = 1) -> F
     n, d = theta.shape
     log_vd = 0.5 * d * math.log(math.pi) - gammaln(0.5 * d + 1.0)
     log_rho = (jnp.log(n * w) + digamma(float(k)) - digamma(float(n)) - log_vd
-               - d * _knn_log_distances(theta, k))
+               - d * knn_log_distances(theta, k))
     return jnp.sum(w * (log_rho - fe.prior_logdensity(theta)))
 
 
