@@ -11,9 +11,11 @@ parameters (``FreeEnergy``), the mean-field SDEs whose laws flow to its minimise
 from ._cache import enable_compilation_cache, new_programs
 from ._version import __version__  # noqa: F401 (re-exported)
 from .diagnostics import (
+    OptimalityCertificate,
     entropy_knn,
     kl_to_prior,
     load,
+    optimality_certificate,
     plot_marginals,
     plot_observables,
     save,
@@ -52,7 +54,6 @@ from .free_energy import FreeEnergy
 from .model import UnitModel, load_model
 from .particles import Particles
 from ._trajectory import Run
-from ._certificate import OptimalityCertificate, optimality_certificate
 from ._transport import CaffarelliBound, TransportMap, caffarelli_bound, potential_curvature, transport_map
 
 enable_compilation_cache()

@@ -43,7 +43,7 @@ from jaxtyping import Array, Float, PRNGKeyArray
 from ._blocks import row_blocks, unblock
 from ._checks import finite, particle_array, positive_int, positive_number
 from ._keys import single_key
-from .diagnostics import convergence, to_inference_data
+from .diagnostics import OptimalityCertificate, convergence, optimality_certificate, to_inference_data
 from .diagnostics._arviz import check_tree, result_tree
 from .diagnostics._convergence import _ess, _uniform_saves, diagnostic_series
 from .dynamics import Run, Trajectory, max_curvature
@@ -369,7 +369,8 @@ class FixedPointCheck(eqx.Module):
     continuing the run at dt0/2, when that diagnosis ran. samples: the MCMC draws of
     G[f_N] (chains, draws, D). curvature: the ``curvature_defect`` probe of a trajectory's
     final particles (None without Stein residuals); when it finds Ψ kinked, ``stein`` is None
-    and the verdict rests on the snapshot.
+    and the verdict rests on the snapshot. certificate: the particles'
+    ``optimality_certificate`` when asked for (``certificate=True``), else None.
     """
 
     passed: bool
@@ -381,6 +382,7 @@ class FixedPointCheck(eqx.Module):
     half_step: object
     samples: Array
     curvature: CurvatureDefect | None = None
+    certificate: OptimalityCertificate | None = None
 
     @property
     def output_error(self) -> float:
@@ -451,7 +453,7 @@ def stein_test(traj, burn_in: float = 0.5) -> SteinTest | None:
 def check_fixed_point(fe: FreeEnergy, key: PRNGKeyArray, particles, *, num_chains: int = 4, num_warmup: int = 400,
                       num_samples: int = 500, kernel: str = "nuts", level: float = 0.01, replicate: int = 0,
                       diagnose: bool = True, diagnose_time: float | None = None,
-                      num_output_components: int = 4) -> FixedPointCheck:
+                      num_output_components: int = 4, certificate: bool = False) -> FixedPointCheck:
     """Is a particle cloud the stationary law of the mean-field dynamics at its N? If not, why?
 
     Two exact finite-N tests, Bonferroni-combined at ``level``:
@@ -490,6 +492,10 @@ def check_fixed_point(fe: FreeEnergy, key: PRNGKeyArray, particles, *, num_chain
 
     - "unexplained": it fails and none of the above is shown (a bare particle array
       cannot be diagnosed; halving dt0 that does not help points elsewhere).
+
+    With ``certificate=True`` the check also bounds how far the particles are from the
+    minimiser, F(ρ) − F(ρ*) ≤ β⁻¹KL(ρ‖G[ρ]) (``optimality_certificate``, tempered SMC
+    runs), and its reason ends "F(ρ) is within X ± se of its minimum".
 
     Examples:
         >>> import jax, jax.numpy as jnp, mfsde
@@ -547,7 +553,12 @@ def check_fixed_point(fe: FreeEnergy, key: PRNGKeyArray, particles, *, num_chain
             half = snapshot(cont.particles[replicate] if batched else cont.particles, jax.random.fold_in(k_mcmc, 1))[0]
         continued = _Continued(half, span, run.dt0, float(max_curvature(fe, theta)))
     passed, cause, reason = _verdict(ev, run, traj is not None, continued, float(fe.beta))
-    return FixedPointCheck(passed, cause, reason, ev.test, ev.stein, ev.convergence, half, ev.draws, ev.defect)
+    cert = None
+    if certificate:
+        # its own stream: the tests' keys are those of a check without a certificate
+        cert = optimality_certificate(fe, jax.random.fold_in(k_test, 1), theta)
+        reason = f"{reason} {cert}."
+    return FixedPointCheck(passed, cause, reason, ev.test, ev.stein, ev.convergence, half, ev.draws, ev.defect, cert)
 
 
 class _Evidence(NamedTuple):

@@ -64,3 +64,25 @@ def test_certificate_bad_input(case):
         mfsde.optimality_certificate(fe, jax.random.key(0), cloud, num_smc_runs=1)
     with pytest.raises(ValueError, match="finite beta"):
         mfsde.optimality_certificate(mfsde.FreeEnergy(fe.unit, fe.x, fe.y, math.inf), jax.random.key(0), cloud)
+
+
+def test_certificate_in_check_and_summary(case):
+    """At ρ* itself (N(m*, I) drawn) the bound is 0 up to its errors; check_fixed_point's own
+    tests are those of a check without it (the certificate draws from its own key); summary
+    certifies a run's final particles."""
+    fe, sigma, c, m_star = case
+    cloud = m_star + jax.random.normal(jax.random.key(3), (2000, 3))
+    kw = dict(num_chains=2, num_warmup=100, num_samples=100, diagnose=False)
+    plain = mfsde.check_fixed_point(fe, jax.random.key(4), cloud, **kw)
+    check = mfsde.check_fixed_point(fe, jax.random.key(4), cloud, certificate=True, **kw)
+    assert plain.certificate is None and check.test.statistic == plain.test.statistic
+    cert = check.certificate
+    # closed form at the sample mean: ‖A(m̂ − m*)‖²/(2β), about tr(A²)/(2βN) = 0.005 here
+    a = np.eye(3) + BETA * sigma
+    d_hat = a @ (np.asarray(cloud.mean(0)) - m_star)
+    assert cert.upper_bound == pytest.approx(d_hat @ d_hat / (2 * BETA), abs=Z45 * cert.se + 0.04 / BETA)
+    assert check.reason.endswith("of its minimum F(ρ*) (entropy sandwich: β⁻¹KL(ρ‖G[ρ])).")
+    traj = mfsde.langevin(fe, jax.random.key(5), cloud[:200], t1=1.0, dt0=0.1, progress=False)
+    s = mfsde.summary(mfsde.to_inference_data(traj, fe), fe, key=jax.random.key(6))
+    assert s.certificate is not None and np.isfinite(s.certificate.upper_bound) and "of its minimum" in str(s)
+    assert mfsde.summary(mfsde.to_inference_data(traj, fe), fe).certificate is None

@@ -28,6 +28,7 @@ import numpy as np
 
 from .. import _checks
 from ..particles import Particles
+from ._certificate import OptimalityCertificate, optimality_certificate
 from ._divergence import w2_to_prior
 
 __all__ = ["stationarity", "equilibration", "convergence", "summary", "Summary", "Stationarity", "Convergence",
@@ -427,16 +428,22 @@ class Summary(NamedTuple):
     w2_to_prior: float
     converged: bool
     reason: str
+    certificate: OptimalityCertificate | None = None
 
     def __str__(self):
         nums = ", ".join(f"{k} = {getattr(self, k):.5g}" for k in ("risk", "free_energy", "kl_to_prior", "w2_to_prior"))
         verdict = "converged" if self.converged else "NOT converged"
-        return f"{self.table}\n{nums}\n{verdict}: {self.reason}"
+        cert = "" if self.certificate is None else f"\n{self.certificate}"
+        return f"{self.table}\n{nums}{cert}\n{verdict}: {self.reason}"
 
 
-def summary(idata, fe=None) -> Summary:
+def summary(idata, fe=None, key=None) -> Summary:
     """ArviZ summary of the posterior (R-hat and ESS across replicate runs as chains) plus the
     final risk, free energy, KL(ρ‖π₀) and W2(ρ, π₀), and the ``convergence`` verdict.
+
+    With ``fe`` and a PRNG ``key`` it also certifies how far the first chain's (equally
+    weighted) final particles are from the minimiser: ``certificate`` is their
+    ``optimality_certificate`` (F(ρ) − F(ρ*) ≤ its upper_bound; tempered SMC runs).
 
     W2 is the exact estimate ``w2_to_prior`` of the first chain's particles (with their
     weights, for a weighted state) when ``fe`` is given, else the recorded Gelbrich lower bound (NaN if neither is available). For an
@@ -465,6 +472,7 @@ def summary(idata, fe=None) -> Summary:
         return float(obs[name].isel(time=-1).mean()) if "time" in obs[name].dims else float(obs[name].mean())
 
     w2 = last("w2_to_prior_bound")
+    cloud = None  # a run's final particles (MCMC draws repeat states: no k-NN entropy)
     const = idata["constant_data"].to_dataset() if "constant_data" in idata.children else {}
     if fe is not None and "diverged_at" not in const:
         post = idata["posterior"].to_dataset()
@@ -477,6 +485,7 @@ def summary(idata, fe=None) -> Summary:
         # a diverged run's particles have no W2; its verdict says why
         finite = bool(np.all(np.isfinite(np.asarray(flat.theta if hasattr(flat, "theta") else flat))))
         w2 = w2_to_prior(flat, fe) if finite else float("nan")
+        cloud = flat if finite and obs is not None and "time" in obs.dims else None
     elif "diverged_at" in const:
         w2 = float("nan")  # a diverged run's last finite state is not its law; its verdict says why
     if "diverged_at" in const:
@@ -493,4 +502,7 @@ def summary(idata, fe=None) -> Summary:
         ok = worst < RHAT_MAX
         reason = (f"MCMC draws: R-hat across chains {'<=' if ok else 'reaches'} {worst:.3f} "
                   f"{'<' if ok else '>='} {RHAT_MAX}")
-    return Summary(table, last("risk"), last("free_energy"), last("kl_to_prior"), float(w2), ok, reason)
+    cert = None
+    if key is not None and fe is not None and cloud is not None and not isinstance(cloud, Particles):
+        cert = optimality_certificate(fe, key, cloud)
+    return Summary(table, last("risk"), last("free_energy"), last("kl_to_prior"), float(w2), ok, reason, cert)

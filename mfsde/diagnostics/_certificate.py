@@ -23,12 +23,11 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float, PRNGKeyArray
 
-from ._checks import particle_array, positive_int
-from ._keys import single_key
-from .diagnostics import kl_to_prior
-from .diagnostics._divergence import knn_log_distances
-from .fixed_point import gibbs_log_normalizer
-from .free_energy import FreeEnergy
+from .._checks import particle_array, positive_int
+from .._keys import single_key
+from ..fixed_point import gibbs_log_normalizer
+from ..free_energy import FreeEnergy
+from ._divergence import kl_to_prior, knn_log_distances
 
 __all__ = ["OptimalityCertificate", "optimality_certificate"]
 
@@ -51,6 +50,10 @@ class OptimalityCertificate(NamedTuple):
     expected_potential: float
     log_normalizer: float
     log_normalizer_se: float
+
+    def __str__(self):
+        return (f"F(ρ) is within {self.upper_bound:.4g} ± {self.se:.2g} of its minimum F(ρ*) "
+                f"(entropy sandwich: β⁻¹KL(ρ‖G[ρ]))")
 
 
 def optimality_certificate(fe: FreeEnergy, key: PRNGKeyArray, particles: Float[Array, "n d"], *, k: int = 1,
