@@ -76,29 +76,32 @@ class TransportMap(eqx.Module):
         f = prob.potential_fn_from_dual_vec(self.dual, epsilon=self.epsilon, axis=1)
         return ott.potentials.DualPotentials(f, None, cost_fn=geom.cost_fn)
 
-    def _rows(self, fn, w):
-        w = particle_array("w", w, self.target.shape[1], at_least=0)
-        blocks, _ = row_blocks(w, max(1, _BLOCK_ENTRIES // self.target.shape[0]))
-        return unblock(jax.lax.map(fn, blocks), w.shape[0])
-
     def __call__(self, w: Float[Array, "n d"]) -> Float[Array, "n d"]:
-        pot = self._potentials()
-        return self._rows(lambda b: pot.transport(b), w)
+        return _map_rows(self, particle_array("w", w, self.target.shape[1], at_least=0), False)
 
     def jacobian(self, w: Float[Array, "n d"]) -> Float[Array, "n d d"]:
         """∇T_ε(w_i) = (2/ε) Cov_{π(w_i)}(y), symmetric positive semi-definite, by autodiff."""
-        pot = self._potentials()
-
-        def one(v):
-            return pot.transport(v[None])[0]
-
-        return self._rows(jax.vmap(jax.jacfwd(one)), w)
+        return _map_rows(self, particle_array("w", w, self.target.shape[1], at_least=0), True)
 
     def lipschitz(self, w: Float[Array, "n d"], quantile: float = 1.0) -> Float[Array, ""]:
         """The ``quantile`` of ‖∇T_ε(w_i)‖₂ over the points (1: the max, a lower estimate of
         T_ε's Lipschitz constant). Where the kernel covers few target points (the tails) the
         empirical map is rough and its Jacobian noisy: a quantile below 1 discounts them."""
         return jnp.quantile(jnp.linalg.norm(self.jacobian(w), ord=2, axis=(1, 2)), quantile)
+
+
+@eqx.filter_jit
+def _map_rows(tmap: TransportMap, w, jacobian: bool):
+    """T_ε (or its Jacobian) at the rows of w, in row blocks of ``_BLOCK_ENTRIES`` weights;
+    one compiled program per map shape, point count and kind."""
+    pot = tmap._potentials()
+
+    def one(v):
+        return pot.transport(v[None])[0]
+
+    fn = jax.vmap(jax.jacfwd(one)) if jacobian else pot.transport
+    blocks, _ = row_blocks(w, max(1, _BLOCK_ENTRIES // tmap.target.shape[0]))
+    return unblock(jax.lax.map(fn, blocks), w.shape[0])
 
 
 def _target_cloud(target, dim: int) -> tuple[Array, Array]:
@@ -200,8 +203,11 @@ def potential_curvature(fe: FreeEnergy, particles_or_output, points: Float[Array
         ((4,), True)
     """
     points = particle_array("points", points, fe.dim)
-    r = fe.residual(particles_or_output)
+    return _curvature(fe, fe.residual(particles_or_output), points)
 
+
+@eqx.filter_jit
+def _curvature(fe: FreeEnergy, r, points):
     def psi(v):
         return jnp.mean(r * fe.unit.apply(v, fe.x))
 

@@ -60,6 +60,10 @@ def test_certificate_bad_input(case):
     cloud = fe.prior_sample(jax.random.key(0), 10)
     with pytest.raises(ValueError, match="particles"):
         mfsde.optimality_certificate(fe, jax.random.key(0), cloud[:2])
+    with pytest.raises(ValueError, match="num_smc_particles"):
+        mfsde.optimality_certificate(fe, jax.random.key(0), cloud, num_smc_particles=1)
+    with pytest.raises(ValueError, match="equally weighted"):
+        mfsde.optimality_certificate(fe, jax.random.key(0), mfsde.Particles(cloud, jax.numpy.arange(10.0)))
     with pytest.raises(ValueError, match="num_smc_runs"):
         mfsde.optimality_certificate(fe, jax.random.key(0), cloud, num_smc_runs=1)
     with pytest.raises(ValueError, match="finite beta"):

@@ -27,6 +27,7 @@ from .._checks import particle_array, positive_int
 from .._keys import single_key
 from ..fixed_point import gibbs_log_normalizer
 from ..free_energy import FreeEnergy
+from ..particles import Particles
 from ._divergence import kl_to_prior, knn_log_distances
 
 __all__ = ["OptimalityCertificate", "optimality_certificate"]
@@ -82,6 +83,11 @@ def optimality_certificate(fe: FreeEnergy, key: PRNGKeyArray, particles: Float[A
     if not fe.finite_beta:
         raise ValueError("the certificate needs a finite beta (at beta = inf there is no entropy term)")
     k = positive_int("k", k)
+    if isinstance(particles, Particles) and particles.log_weight is not None \
+            and float(jnp.ptp(particles.log_weight)) > 0:
+        raise ValueError("particles must be an equally weighted cloud for the certificate (E_ρΨ and R are "
+                         "means over it); resample a weighted one first (Particles.resample)")
+    positive_int("num_smc_particles", num_smc_particles, minimum=2)
     theta = particle_array("particles", particles, fe.dim, at_least=k + 2,
                            why=f"the k-NN entropy needs a k-th neighbour (k = {k}) and a spread")
     runs = positive_int("num_smc_runs", num_smc_runs, minimum=2)
