@@ -23,12 +23,12 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float, PRNGKeyArray
 
-from .._checks import particle_array, positive_int
+from .._checks import finite, particle_array, positive_int
 from .._keys import single_key
 from ..fixed_point import gibbs_log_normalizer
 from ..free_energy import FreeEnergy
 from ..particles import Particles
-from ._divergence import kl_to_prior, knn_log_distances
+from ._divergence import kl_to_prior_terms
 
 __all__ = ["OptimalityCertificate", "optimality_certificate"]
 
@@ -63,8 +63,8 @@ def optimality_certificate(fe: FreeEnergy, key: PRNGKeyArray, particles: Float[A
 
         F(ρ) − F(ρ*) ≤ β⁻¹ [KL(ρ‖π₀) + β E_ρΨ(·; ρ) + log Z[ρ]].
 
-    Its standard error combines the per-particle terms' spread, −D log ε_i − log π₀(θ_i)
-    + βΨ(θ_i) over √N (ε_i the k-th neighbour distance of the k-NN entropy; the
+    Its standard error combines the per-particle terms' spread (``kl_to_prior_terms`` +
+    βΨ(θ_i)) over √N (ε_i the k-th neighbour distance of the k-NN entropy; the
     neighbours' dependence is ignored), and that of log Z over ``num_smc_runs``
     independent SMC runs of ``num_smc_particles``. The k-NN entropy's bias (it grows with
     D; ``entropy_knn``) is not in the s.e.
@@ -93,17 +93,17 @@ def optimality_certificate(fe: FreeEnergy, key: PRNGKeyArray, particles: Float[A
     runs = positive_int("num_smc_runs", num_smc_runs, minimum=2)
     key = single_key(key, replicates="one certificate from num_smc_runs SMC runs")
     beta = float(fe.beta)
+    finite("particles", theta)
     output = fe.output(theta)
     psi, _ = fe.potential_and_grad(theta, output)
-    kl_prior = float(kl_to_prior(theta, fe, k))
+    kl_terms = kl_to_prior_terms(theta, fe, k)
+    kl_prior = float(jnp.mean(kl_terms))
     log_z = np.array([gibbs_log_normalizer(fe, kr, output, num_particles=num_smc_particles).log_z
                       for kr in jax.random.split(key, runs)])
-    per_point = -fe.dim * knn_log_distances(theta, k) - fe.prior_logdensity(theta) + beta * psi
-    n = theta.shape[0]
-    se_points = float(jnp.std(per_point)) / math.sqrt(n)
+    se_points = float(jnp.std(kl_terms + beta * psi)) / math.sqrt(theta.shape[0])
     se_z = float(np.std(log_z, ddof=1)) / math.sqrt(runs)
     e_psi = float(jnp.mean(psi))
     kl_gibbs = kl_prior + beta * e_psi + float(np.mean(log_z))
-    free = 0.5 * float(fe.risk(theta)) + kl_prior / beta
+    free = 0.5 * float(jnp.mean(fe.residual(output) ** 2)) + kl_prior / beta
     return OptimalityCertificate(kl_gibbs / beta, math.hypot(se_points, se_z) / beta, free, kl_gibbs, kl_prior, e_psi,
                                  float(np.mean(log_z)), se_z)

@@ -87,8 +87,21 @@ def entropy_knn(x: Float[Array, "n d"], k: int = 1) -> Float[Array, ""]:
     if n <= k:
         raise ValueError(f"x has {n} points: entropy_knn needs more than k = {k} (a k-th nearest neighbour)")
     _checks.finite("x", x)
+    return _knn_entropy_offset(n, d, k) + d * jnp.mean(knn_log_distances(x, k))
+
+
+def _knn_entropy_offset(n: int, d: int, k: int):
+    # ψ(N) − ψ(k) + log V_D, V_D = π^{D/2}/Γ(D/2 + 1): Kozachenko–Leonenko's constant
     log_vd = 0.5 * d * math.log(math.pi) - gammaln(0.5 * d + 1.0)
-    return digamma(float(n)) - digamma(float(k)) + log_vd + d * jnp.mean(knn_log_distances(x, k))
+    return digamma(float(n)) - digamma(float(k)) + log_vd
+
+
+def kl_to_prior_terms(theta: Float[Array, "n d"], fe, k: int = 1) -> Float[Array, " n"]:
+    """The per-particle terms of ``kl_to_prior`` for an equally weighted cloud,
+    −[ψ(N) − ψ(k) + log V_D + D log ε_i] − log π₀(θ_i), whose mean is the estimate (for a
+    standard error or a sum with other per-particle terms)."""
+    n, d = theta.shape
+    return -(_knn_entropy_offset(n, d, k) + d * knn_log_distances(theta, k)) - fe.prior_logdensity(theta)
 
 
 def kl_to_prior(particles: Float[Array, "n d"] | Particles, fe, k: int = 1) -> Float[Array, ""]:

@@ -172,7 +172,7 @@ class BridgeDrift(eqx.Module):
     def _weights_chunk(self, s2, w, key):
         # Q_{w,t}'s self-normalised importance weights (n, 2, m) in two independent halves,
         # with the draws v, the log weights log ω = log[N(v; w, s2 Σ) e^{−βΨ(v)} / q(v)]
-        # (E_q ω = h(w, t), q the proposals' mixture), ∇Ψ(v) and ∇Ψ(w).
+        # (E_q ω = h(w, t), q the proposals' mixture), ∇Ψ(v), ∇Ψ(w) and each half's ESS.
         fe, beta, var, m_g, m_r = self.fe, self.fe.beta, self.prior_var, self.num_gaussian, self.num_pool
         n, d = w.shape
         _, grad_w = fe.potential_and_grad(w, self.output)
@@ -199,25 +199,24 @@ class BridgeDrift(eqx.Module):
             log_q.append(math.log(m_r / m) + log_normal(v, self.prior_mean, var) - beta * psi - self.log_z)
         log_w = log_target - jax.nn.logsumexp(jnp.stack(log_q), axis=0)
         weights = jax.nn.softmax(log_w, axis=2)                              # (n, 2, m)
-        return v, log_w, weights, grad, grad_w
+        ess = jnp.sum(1.0 / jnp.sum(weights**2, axis=2), axis=1)
+        return v, log_w, weights, grad, grad_w, ess
 
     def _estimate_chunk(self, s2, w, key):
         # Two independent half-estimates: their mean drives W, their inner product gives an
         # unbiased ‖Σ^{-1/2}u‖² (the square of one estimate is biased up by its variance).
         beta, var = self.fe.beta, self.prior_var
-        _, _, weights, grad, _ = self._weights_chunk(s2, w, key)
+        _, _, weights, grad, _, ess = self._weights_chunk(s2, w, key)
         halves = -beta * var * jnp.einsum("nhj,nhjd->nhd", weights, grad)    # (n, 2, D)
         rate = 0.5 * jnp.sum(halves[:, 0] * halves[:, 1] / var, axis=1)
-        ess = jnp.sum(1.0 / jnp.sum(weights**2, axis=2), axis=1)
         return halves.mean(1), rate, ess
 
     def _gibbs_flow_chunk(self, s2, w, key):
-        v, log_w, weights, grad, grad_w = self._weights_chunk(s2, w, key)
+        v, log_w, weights, grad, grad_w, ess = self._weights_chunk(s2, w, key)
         n, halves, m = log_w.shape
         log_h = jax.nn.logsumexp(log_w.reshape(n, -1), axis=1) - math.log(halves * m)
         spread = jnp.einsum("nhj,nhj->n", weights, jnp.sum((v - w[:, None, None]) ** 2, axis=-1)) / halves
         mean_grad = jnp.einsum("nhj,nhjd->nd", weights, grad) / halves
-        ess = jnp.sum(1.0 / jnp.sum(weights**2, axis=2), axis=1)
         return GibbsFlow(log_h, -self.fe.beta * self.prior_var * mean_grad, spread,
                          jnp.linalg.norm(mean_grad - grad_w, axis=1), ess)
 
@@ -504,11 +503,10 @@ def schrodinger_bridge(fe: FreeEnergy, fixed_point_or_output, key: PRNGKeyArray,
 
     _check_fe(fe)
     key, batched = as_keys(key)
-    mean, var = gaussian_prior(fe)
     # replicates share the pool of ρ* draws and log Z, made from the first key
     drift, log_z_value = _bridge_drift(fe, fixed_point_or_output, key[0] if batched else key, num_inner, estimator,
                                        samples, log_normalizer, particle_chunk)
-    output, pool = drift.output, drift.pool
+    output, pool, mean, var = drift.output, drift.pool, drift.prior_mean, drift.prior_var
 
     fingerprint = {}
     if checkpoint_path is not None:
